@@ -1,0 +1,1 @@
+"""Parquet manifests: schemas (the contract), atomic writing, and validation."""

@@ -1,0 +1,126 @@
+"""Media probing and streaming decode with PyAV (FFmpeg libraries inside the wheel; no ffmpeg binary).
+
+Frames are yielded one at a time with their index and presentation time, so memory does not grow with
+video length, and times are right for variable-frame-rate input too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+class MediaError(Exception):
+    """A file cannot be used. ``reason`` is a rejection code."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    has_video: bool
+    has_audio: bool
+    duration: float | None
+    width: int | None
+    height: int | None
+    fps: float | None  # average frame rate as the container states it
+    n_frames: int | None  # as the container states it (may be None or approximate)
+    video_codec: str | None
+    audio_codec: str | None
+    variable_frame_rate: bool | None = None
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Read stream metadata without decoding the whole file. Raises :class:`MediaError`."""
+    import av
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise MediaError("unsupported_media", "file is empty (0 bytes)")
+    try:
+        with av.open(str(path), metadata_errors="ignore") as c:
+            v = c.streams.video[0] if c.streams.video else None
+            a = c.streams.audio[0] if c.streams.audio else None
+            duration = None
+            if c.duration is not None:
+                duration = c.duration / 1_000_000
+            elif v is not None and v.duration is not None and v.time_base is not None:
+                duration = float(v.duration * v.time_base)
+            if v is None:
+                return MediaInfo(False, a is not None, duration, None, None, None, None, None,
+                                 a.codec_context.name if a else None)
+            rate = v.average_rate or v.guessed_rate
+            base_rate = v.base_rate
+            vfr = None
+            if rate and base_rate:
+                vfr = abs(float(rate) - float(base_rate)) > 0.01 * float(base_rate)
+            return MediaInfo(
+                has_video=True, has_audio=a is not None, duration=duration,
+                width=v.codec_context.width, height=v.codec_context.height,
+                fps=float(rate) if rate else None, n_frames=v.frames or None,
+                video_codec=v.codec_context.name, audio_codec=a.codec_context.name if a else None,
+                variable_frame_rate=vfr,
+            )
+    except av.error.FFmpegError as exc:
+        raise MediaError("unsupported_media", f"not a readable media file: {exc}") from None
+
+
+def decode_first_frame(path: str | Path) -> None:
+    """Decode one video frame; raises :class:`MediaError` if the video cannot be decoded."""
+    for _ in iter_frames(path, max_frames=1):
+        return
+    raise MediaError("decode_error", "no decodable video frame")
+
+
+def iter_frames(path: str | Path, width: int | None = None, max_frames: int | None = None,
+                fmt: str = "bgr24") -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield ``(index, pts_seconds, image)`` for every decoded frame, streaming.
+
+    ``width`` resizes (keeping the aspect ratio, even height) inside FFmpeg's scaler. Times come from
+    each frame's presentation timestamp, so they are right for variable frame rates; a frame with no
+    timestamp gets the previous time plus one nominal frame duration.
+    """
+    import av
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise MediaError("decode_error", f"cannot open: {exc}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("no_video_stream", "the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        step = 1.0 / float(rate) if rate else 1 / 25
+        # Times are on the container's timeline (0 = the file's start), as players show them: a
+        # video stream that starts 0.85 s after the audio has its first frame at t=0.85.
+        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+        index = 0
+        last_t = None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.time_base is not None:
+                    t = float(frame.pts * frame.time_base) - start
+                else:
+                    t = (last_t + step) if last_t is not None else 0.0
+                last_t = t
+                if width and frame.width != width:
+                    h = max(2, int(round(frame.height * width / frame.width / 2)) * 2)
+                    img = frame.to_ndarray(format=fmt, width=width, height=h)
+                else:
+                    img = frame.to_ndarray(format=fmt)
+                yield index, t, img
+                index += 1
+                if max_frames is not None and index >= max_frames:
+                    return
+        except av.error.FFmpegError as exc:
+            if index == 0:
+                raise MediaError("decode_error", f"cannot decode: {exc}") from None
+            raise MediaError("decode_error", f"decoding stopped at frame {index}: {exc}") from None

@@ -1,0 +1,82 @@
+"""What every stage shares: rejections as data, per-item failures, and publishing tables.
+
+A stage is a library function ``run(recipe, ws, *, force=False) -> StageResult`` in
+``dsbuilder/stages/<stage>.py``. It works item by item; each finished item (kept or rejected) is a cache
+record keyed by :func:`dsbuilder.workspace.item_key`, so an interrupted run resumes where it stopped.
+One bad item never stops the run: it raises :class:`ItemRejected` inside the item's work, and becomes a
+``rejections`` row with the stage, a reason code and a detail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsbuilder.manifest.io import write_table
+from dsbuilder.workspace import Workspace
+
+
+class ItemRejected(Exception):
+    """Raised inside one item's work: the item is dropped with ``reason`` (a code) and ``detail``."""
+
+    def __init__(self, reason: str, detail: str, **extra: Any):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.extra = extra
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass
+class Rejection:
+    stage: str
+    item_id: str
+    reason: str
+    detail: str
+    source_id: str | None = None
+    person_id: str | None = None
+    at: str = field(default_factory=now_utc)
+
+    @property
+    def rejection_id(self) -> str:
+        key = f"{self.stage}\0{self.item_id}\0{self.reason}\0{self.source_id}\0{self.person_id}"
+        return "rej-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def row(self) -> dict[str, Any]:
+        return {"rejection_id": self.rejection_id, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Rejection":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class StageResult:
+    stage: str
+    params_hash: str
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # table -> rows
+    rejections: list[Rejection] = field(default_factory=list)
+    computed: int = 0  # items worked on in this run
+    cached: int = 0  # items taken from the cache
+    tables: list[Path] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"stage": self.stage, "computed": self.computed, "cached": self.cached,
+                **{t: len(r) for t, r in self.rows.items()}, "rejections": len(self.rejections)}
+
+
+def publish(ws: Workspace, result: StageResult) -> StageResult:
+    """Write the stage's tables and its part of ``rejections``; every write is atomic."""
+    for table, rows in result.rows.items():
+        result.tables.append(write_table(ws, table, rows, result.params_hash))
+    # de-duplicate by id (the same item can be rejected once per person who asked for it)
+    rej = {r.rejection_id: r.row() for r in result.rejections}
+    result.tables.append(write_table(ws, "rejections", rej.values(), result.params_hash,
+                                     part=result.stage))
+    return result
