@@ -180,14 +180,15 @@ def write_audio_only(path: str | Path, duration: float = 2.0) -> None:
 
 
 def write_photo(path: str | Path, picture: np.ndarray, size: tuple[int, int] | None = None,
-                quality: int = 90) -> None:
-    """Save an RGB array as JPEG/PNG (by suffix), optionally resized to ``(h, w)``."""
+                quality: int = 90, fmt: str | None = None) -> None:
+    """Save an RGB array (format from the suffix, or ``fmt`` such as "JPEG"), optionally resized
+    to ``(h, w)``."""
     from PIL import Image
 
     img = Image.fromarray(picture)
     if size:
         img = img.resize((size[1], size[0]), Image.LANCZOS)
-    img.save(str(path), quality=quality)
+    img.save(str(path), format=fmt, quality=quality)
 
 
 def standard_shots(n: int = 4, frames: int = 40, seed: int = 0, transitions: Sequence[str] = ("cut",),

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # temporary file and renaming it (the worst moment). "<n>:after" kills right after the rename.
 # Tests use it to show that a rerun after a crash at any point gives identical manifests.
 _writes = 0
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _maybe_die(phase: str) -> None:
@@ -57,6 +59,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:

@@ -1,0 +1,257 @@
+"""The ``dsbuilder`` command line: thin Click commands over the library.
+
+Nothing heavy is imported at module level, so ``dsbuilder --help`` is fast. Library errors
+(:class:`dsbuilder.errors.DsbuilderError`) become one line and a fix hint; exit code 2 for usage and
+recipe errors, 1 for run failures. ``DSBUILDER_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from dsbuilder import __version__
+from dsbuilder.config import STAGES
+from dsbuilder.errors import DsbuilderError
+
+log = logging.getLogger("dsbuilder")
+
+
+# --- logging ------------------------------------------------------------------------------------
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log to stderr without breaking tqdm progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    root = logging.getLogger("dsbuilder")
+    if any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        return
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+
+
+def _log_to_workspace(ws) -> None:
+    """Append everything (DEBUG and up) to ``<workspace>/logs/run.log``."""
+    root = logging.getLogger("dsbuilder")
+    target = str(ws.logs / "run.log")
+    if any(getattr(h, "baseFilename", None) == target for h in root.handlers):
+        return
+    fh = logging.FileHandler(target, encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fh.setLevel(logging.DEBUG)
+    root.addHandler(fh)
+
+
+# --- shared options ----------------------------------------------------------------------------
+
+def _workspace_option(f):
+    return click.option("--workspace", "-w", type=click.Path(file_okay=False, path_type=Path),
+                        help="Workspace folder (default: the recipe's 'workspace', else "
+                             "./workspaces/<name>).")(f)
+
+
+def _load(recipe_path: Path, workspace: Path | None):
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.workspace import Workspace
+
+    recipe = load_recipe(recipe_path, workspace)
+    ws = Workspace.open(recipe.workspace)
+    _log_to_workspace(ws)
+    return recipe, ws
+
+
+def _print_summary(results, ws) -> None:
+    from dsbuilder.manifest.io import read_table
+
+    click.echo(f"\nManifests: {ws.manifests}")
+    click.echo(f"{'stage':<10} {'worked':>7} {'cached':>7} {'rows':>7} {'rejected':>9}")
+    for r in results:
+        rows = sum(len(v) for v in r.rows.values())
+        click.echo(f"{r.stage:<10} {r.computed:>7} {r.cached:>7} {rows:>7} {len(r.rejections):>9}")
+    rej = read_table(ws, "rejections").to_pylist()
+    if rej:
+        counts: dict[tuple[str, str], int] = {}
+        for row in rej:
+            counts[(row["stage"], row["reason"])] = counts.get((row["stage"], row["reason"]), 0) + 1
+        click.echo("rejections by reason: " + ", ".join(
+            f"{s}/{r}={n}" for (s, r), n in sorted(counts.items())))
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dsbuilder")
+@click.option("-v", "--verbose", count=True, help="More log output (DEBUG).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Build audio-visual facial-emotion datasets of chosen people from web video.
+
+    Start with `dsbuilder demo`, then write a recipe like recipes/example-web.yaml and
+    `dsbuilder run RECIPE`. Set DSBUILDER_DEBUG=1 to see tracebacks.
+    """
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage.")
+@click.option("--only", type=click.Choice(STAGES), multiple=True,
+              help="Run only this stage (repeatable); it reads earlier stages' manifests.")
+@click.option("--force", type=click.Choice(STAGES), multiple=True,
+              help="Ignore this stage's cache and redo its work (repeatable).")
+@click.option("--retry-failed", is_flag=True,
+              help="Retry items that failed transiently before (timeouts, 5xx, truncated).")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(recipe: Path, workspace: Path | None, until, only, force, retry_failed, no_progress) -> None:
+    """Run the recipe's stages in order; resumes where an earlier run stopped."""
+    from dsbuilder import pipeline
+
+    rec, ws = _load(recipe, workspace)
+    p = pipeline.plan(until=until, only=only, force=force)
+    results = pipeline.run(rec, ws, p, retry_failed=retry_failed, progress=not no_progress)
+    _print_summary(results, ws)
+
+
+def _stage_command(name: str):
+    """``dsbuilder <stage> RECIPE``: run one stage, as ``run --only <stage>``."""
+
+    @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+    @_workspace_option
+    @click.option("--force", is_flag=True, help="Ignore this stage's cache and redo its work.")
+    @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+    def command(recipe: Path, workspace: Path | None, force: bool, no_progress: bool,
+                **extra) -> None:
+        from dsbuilder import pipeline
+
+        rec, ws = _load(recipe, workspace)
+        result = pipeline.run_stage(name, rec, ws, force=force, progress=not no_progress, **extra)
+        _print_summary([result], ws)
+
+    if name == "scrape":
+        command = click.option("--retry-failed", is_flag=True,
+                               help="Retry items that failed transiently before.")(command)
+    doc = {"scrape": "Fetch the recipe's photos and videos, with provenance.",
+           "shots": "Split every scraped video into shots."}[name]
+    return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
+
+
+for _name in STAGES:
+    _stage_command(_name)
+
+
+@cli.group()
+def recipe() -> None:
+    """Inspect recipes."""
+
+
+@recipe.command("show")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+def recipe_show(recipe_path: Path, workspace: Path | None) -> None:
+    """Validate RECIPE and print its effective configuration (every default filled in)."""
+    import yaml
+
+    from dsbuilder.recipe import load_recipe, params_hash
+
+    rec = load_recipe(recipe_path, workspace)
+    eff = rec.effective()
+    eff["stage_params_hash"] = {s: params_hash(rec.stage_params(s)) for s in STAGES}
+    click.echo(yaml.safe_dump(eff, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@cli.group()
+def manifest() -> None:
+    """Check manifests."""
+
+
+@manifest.command("validate")
+@click.argument("workspace", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--no-hash", is_flag=True, help="Skip re-hashing referenced files (faster).")
+def manifest_validate(workspace: Path, no_hash: bool) -> None:
+    """Check schemas, ids, referential integrity and every referenced file's sha256."""
+    from dsbuilder.manifest.qa import validate
+    from dsbuilder.workspace import Workspace
+
+    problems, counts = validate(Workspace(workspace.resolve()), check_hashes=not no_hash)
+    for table, n in counts.items():
+        click.echo(f"{table}: {n} rows")
+    if problems:
+        for p in problems:
+            click.echo(f"INVALID {p}", err=True)
+        raise SystemExit(1)
+    click.echo("manifests valid")
+
+
+@cli.command()
+@_workspace_option
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def demo(workspace: Path | None, no_progress: bool) -> None:
+    """Make the offline demo's media (from public-domain images in dependencies) and run
+    recipes/demo.yaml."""
+    from dsbuilder import demo as demo_mod
+    from dsbuilder import pipeline
+
+    recipe_path = demo_mod.prepare()
+    rec, ws = _load(recipe_path, workspace)
+    results = pipeline.run(rec, ws, progress=not no_progress)
+    _print_summary(results, ws)
+    from dsbuilder.manifest.qa import validate
+
+    problems, _ = validate(ws)
+    if problems:
+        raise DsbuilderError("the demo's manifests did not validate: " + problems[0],
+                             "run `dsbuilder manifest validate` on the workspace for all problems")
+    click.echo("demo manifests validated: dsbuilder manifest validate " + str(ws.root))
+
+
+def main() -> None:
+    """Console entry point: turn library errors into one line and a hint."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except DsbuilderError as exc:
+        if os.environ.get("DSBUILDER_DEBUG"):
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted: rerun the same command to resume", err=True)
+        sys.exit(130)
+    except Exception as exc:  # an unexpected bug: say so plainly, keep the traceback on request
+        if os.environ.get("DSBUILDER_DEBUG"):
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: rerun with DSBUILDER_DEBUG=1 for the traceback, and please report it",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Shared fixtures. Real-media tests use ../shared/media and skip with a message when it is absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = REPO.parent / "shared" / "media"
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip(f"real media not found at {SHARED_MEDIA} (a checkout without ../shared)")
+    return SHARED_MEDIA
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``dsbuilder`` in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "dsbuilder.cli", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=timeout)
