@@ -83,10 +83,12 @@ STAGE_PARAMS: dict[str, dict[str, Param]] = {
         "min_photo_px": Param(int, 32, "reject photos whose shorter side is smaller", min=1),
     },
     "shots": {
-        "detector": Param(str, "adaptive", "shot-boundary detector",
+        # choices must match dsbuilder.shots_detectors.DETECTORS (tests/test_shots.py checks it)
+        "detector": Param(str, "adaptive", "shot-boundary detector (see dsbuilder/shots_detectors)",
                           choices=("adaptive", "content")),
         "threshold": Param((int, float), None,
-                           "detector threshold (adaptive: ratio, default 3.0; content: 27.0)",
+                           "detector threshold; null takes the detector's default "
+                           "(adaptive: ratio to neighbouring frames, 3.0; content: 27.0)",
                            min=0.0, nullable=True),
         "min_content_val": Param((int, float), 15.0,
                                  "adaptive only: minimum content change for a cut", min=0.0),
@@ -109,10 +111,3 @@ SOURCE_KEYS = ("url", "path", "licence", "note")
 
 def stage_defaults(stage: str) -> dict[str, Any]:
     return {k: p.default for k, p in STAGE_PARAMS[stage].items()}
-
-
-def resolved_threshold(params: dict[str, Any]) -> float:
-    """The shots threshold with the detector's own default filled in."""
-    if params.get("threshold") is not None:
-        return float(params["threshold"])
-    return 3.0 if params["detector"] == "adaptive" else 27.0

@@ -104,6 +104,8 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
         start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
         index = 0
         last_t = None
+        # one scaler for the whole stream: frame.to_ndarray(width=...) would set up a new one per frame
+        reformatter = av.video.reformatter.VideoReformatter()
         try:
             for frame in container.decode(stream):
                 if frame.pts is not None and frame.time_base is not None:
@@ -113,7 +115,7 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
                 last_t = t
                 if width and frame.width != width:
                     h = max(2, int(round(frame.height * width / frame.width / 2)) * 2)
-                    img = frame.to_ndarray(format=fmt, width=width, height=h)
+                    img = reformatter.reformat(frame, width=width, height=h, format=fmt).to_ndarray()
                 else:
                     img = frame.to_ndarray(format=fmt)
                 yield index, t, img
