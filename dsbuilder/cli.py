@@ -149,7 +149,10 @@ def _stage_command(name: str):
         command = click.option("--retry-failed", is_flag=True,
                                help="Retry items that failed transiently before.")(command)
     doc = {"scrape": "Fetch the recipe's photos and videos, with provenance.",
-           "shots": "Split every scraped video into shots."}[name]
+           "dictionary": "Build each person's purified face dictionary and fit a match threshold.",
+           "shots": "Split every scraped video into shots.",
+           "faces": "Detect, track and recognise faces; write aligned crops of the targets only.",
+           }[name]
     return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
 
 

@@ -26,6 +26,13 @@ def grace_hopper() -> np.ndarray:
         return np.asarray(Image.open(fh).convert("RGB"))
 
 
+def astronaut() -> np.ndarray:
+    """RGB portrait of astronaut Eileen Collins (NASA photo, public domain), from scikit-image."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
 def texture(seed: int, size: tuple[int, int] = (480, 640)) -> np.ndarray:
     """A smooth, seeded colour texture (distinct colours per seed), RGB uint8."""
     rng = np.random.default_rng(seed)

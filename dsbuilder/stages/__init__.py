@@ -11,7 +11,9 @@ from dsbuilder.config import STAGES
 #: this invalidates its cache records (and, through the data, what depends on them).
 CODE_VERSIONS = {
     "scrape": "1",
+    "dictionary": "1",
     "shots": "1",
+    "faces": "1",
 }
 
 

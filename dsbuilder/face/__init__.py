@@ -1,0 +1,1 @@
+"""Face detection, landmarks, embeddings and tracking primitives (dlib)."""
