@@ -47,7 +47,7 @@ USER_AGENT = (
 )
 
 #: Stage order. A stage depends on every stage before it.
-STAGES: tuple[str, ...] = ("scrape", "shots")
+STAGES: tuple[str, ...] = ("scrape", "dictionary", "shots", "faces")
 
 #: ``limits:`` section. Applied by scrape; hashed into its params.
 LIMITS: dict[str, Param] = {
@@ -97,6 +97,65 @@ STAGE_PARAMS: dict[str, dict[str, Param]] = {
         "downscale_width": Param(int, 320, "frames are resized to this width before detection "
                                  "(0 keeps full size)", min=0),
     },
+}
+
+STAGE_PARAMS["dictionary"] = {
+    "detector": Param(str, "hog", "face detector for photos (cnn: dlib MMOD, slower, better on "
+                      "small and turned faces)", choices=("hog", "cnn")),
+    "upsample": Param(int, 1, "times to upsample a photo before detection (finds smaller faces)",
+                      min=0, max=3),
+    "max_side_px": Param(int, 1600, "photos are downscaled so their longer side is at most this",
+                         min=160),
+    "min_face_px": Param(int, 60, "reject faces whose box is smaller (too_small)", min=8),
+    "min_sharpness": Param((int, float), 25.0, "variance of the Laplacian of the face resized to "
+                           "128 px; below is blurry", min=0.0),
+    "max_yaw_deg": Param((int, float), 45.0, "reject faces turned further (extreme_pose)",
+                         min=0.0, max=90.0),
+    "dominance_ratio": Param((int, float), 2.5, "in a photo with several faces, keep the largest "
+                             "when its area is at least this many times the next one's", min=1.0),
+    "jitters": Param(int, 1, "embedding re-samplings (dlib num_jitters); more is slower and "
+                     "steadier", min=0, max=100),
+    "purification": Param(str, "chinese_whispers", "how the dominant identity is found",
+                          choices=("chinese_whispers", "agglomerative", "none")),
+    "cluster_distance": Param((int, float), 0.5, "embedding distance that links two faces into "
+                              "one identity during purification", min=0.05, max=1.5),
+    "threshold_cap": Param((int, float), 0.6, "a fitted match threshold is never above this",
+                           min=0.1, max=1.5),
+    "target_far": Param((int, float), 0.001, "false-accept rate the fitted threshold aims for "
+                        "(estimated on impostor distances)", min=0.0, max=0.5),
+    "min_photos": Param(int, 3, "with fewer kept photos, bootstrap faces from the person's "
+                        "videos (if bootstrap is on)", min=1),
+    "bootstrap": Param(bool, True, "add high-confidence video faces when photos are few"),
+    "bootstrap_max_distance": Param((int, float), 0.4, "a video face must be this close to the "
+                                    "dictionary to be added", min=0.05, max=1.0),
+}
+
+STAGE_PARAMS["faces"] = {
+    "detector": Param(str, "hog", "face detector on video frames (cnn takes >2 s per 360p frame "
+                      "here: for photos, not video)", choices=("hog", "cnn")),
+    "detect_fps": Param((int, float), 5.0, "detection rate; frames between are tracked",
+                        min=0.5, max=60.0),
+    "detect_width": Param(int, 640, "frames are downscaled to this width for detection", min=160),
+    "upsample_below_px": Param(int, 60, "when the last detections were smaller than this (in the "
+                               "detection frame), detect with one upsampling", min=0),
+    "track_iou": Param((int, float), 0.3, "minimum IoU to continue a track", min=0.0, max=1.0),
+    "max_gap_s": Param((int, float), 0.5, "a track with no detection for longer ends", min=0.0),
+    "min_track_s": Param((int, float), 0.5, "shorter tracks are rejected (track_too_short)",
+                         min=0.0),
+    "min_face_px": Param(int, 40, "tracks whose median face is smaller are rejected "
+                         "(face_too_small)", min=8),
+    "max_yaw_deg": Param((int, float), 60.0, "tracks whose median yaw is larger are rejected "
+                         "(profile_pose)", min=0.0, max=90.0),
+    "embed_samples": Param(int, 5, "embeddings per track for identification (median distance)",
+                           min=1, max=50),
+    "match_threshold": Param((int, float), None, "override every person's fitted threshold",
+                             min=0.05, max=1.5, nullable=True),
+    "smooth_s": Param((int, float), 0.2, "box smoothing window (seconds)", min=0.0),
+    "crop_size": Param(int, 224, "side of the aligned face crop, pixels", min=32, max=1024),
+    "crop_padding": Param((int, float), 0.35, "margin around the aligned face (dlib chip padding)",
+                          min=0.0, max=2.0),
+    "audio_rate": Param(int, 16000, "sample rate of the wav beside each crop", min=8000,
+                        max=48000),
 }
 
 #: Top level of a recipe.

@@ -80,10 +80,94 @@ def schemas() -> dict:
         pa.field("at", ts, nullable=False),
         *_common(pa),
     ])
+    box = pa.list_(pa.float32(), 4)  # left, top, right, bottom in source-frame pixels
+    lmk = pa.list_(pa.float32(), 136)  # 68 (x, y) pairs, iBUG 300-W order, source-frame pixels
+    emb = pa.list_(pa.float32(), 128)
+    faces_dictionary = pa.schema([
+        pa.field("face_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),  # parent: the photo (or video)
+        pa.field("origin", pa.string(), nullable=False),  # photo | video_bootstrap
+        pa.field("t", pa.float64()),  # video_bootstrap: time of the frame
+        pa.field("bbox", box, nullable=False),
+        pa.field("landmarks", lmk),
+        pa.field("embedding", emb),
+        pa.field("det_score", pa.float32()),
+        pa.field("face_px", pa.float32()),  # sqrt of the box area
+        pa.field("sharpness", pa.float32()),
+        pa.field("yaw", pa.float32()),
+        pa.field("pitch", pa.float32()),
+        pa.field("n_faces_in_photo", pa.int32()),
+        pa.field("distance_to_identity", pa.float32()),  # to the kept cluster's mean
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # rejection code when not kept
+        *_common(pa),
+    ])
+    people = pa.schema([
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("source_id", pa.string()),  # not per source: null
+        pa.field("source_ids", pa.list_(pa.string()), nullable=False),  # parents: kept photos
+        pa.field("n_faces", pa.int32(), nullable=False),
+        pa.field("n_kept", pa.int32(), nullable=False),
+        pa.field("n_bootstrapped", pa.int32(), nullable=False),
+        pa.field("threshold", pa.float32()),  # fitted match threshold (null: no kept face)
+        pa.field("threshold_method", pa.string()),
+        pa.field("est_far", pa.float32()),  # estimated false-accept rate at the threshold
+        pa.field("est_frr", pa.float32()),  # estimated false-reject rate at the threshold
+        pa.field("n_genuine_pairs", pa.int32()),
+        pa.field("n_impostor_pairs", pa.int32()),
+        *_common(pa),
+    ])
+    tracks = pa.schema([
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),  # parent: the video
+        pa.field("shot_id", pa.string(), nullable=False),  # parent: the shot
+        pa.field("person_id", pa.string()),  # null: nobody in the recipe
+        pa.field("distance", pa.float32()),  # median identity distance to person_id's dictionary
+        pa.field("threshold", pa.float32()),  # the threshold it was judged by
+        pa.field("second_person_id", pa.string()),  # runner-up identity, for audits
+        pa.field("second_distance", pa.float32()),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("n_detections", pa.int32(), nullable=False),
+        pa.field("n_embeddings", pa.int32(), nullable=False),
+        pa.field("mean_face_px", pa.float32(), nullable=False),
+        pa.field("median_yaw", pa.float32()),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # rejection code when not kept
+        pa.field("crop_path", pa.string()),  # aligned face clip (mp4), relative; kept tracks only
+        pa.field("crop_sha256", pa.string()),
+        pa.field("audio_path", pa.string()),  # 16 kHz mono wav, same span
+        pa.field("audio_sha256", pa.string()),
+        *_common(pa),
+    ])
+    frames = pa.schema([
+        pa.field("frame_id", pa.string(), nullable=False),  # <track_id>-f<frame_index>
+        pa.field("track_id", pa.string(), nullable=False),  # parent
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),  # in the source video
+        pa.field("t", pa.float64(), nullable=False),  # presentation time in the source video
+        pa.field("crop_frame", pa.int64(), nullable=False),  # index in the crop clip
+        pa.field("bbox", box, nullable=False),
+        pa.field("landmarks", lmk, nullable=False),
+        pa.field("detected", pa.bool_(), nullable=False),  # a detection (else tracked)
+        pa.field("yaw", pa.float32()),
+        pa.field("pitch", pa.float32()),
+        pa.field("mouth_aperture", pa.float32()),  # inner-lip gap / mouth width
+        *_common(pa),
+    ])
     return {
         "sources": (sources, "source_id"),
         "shots": (shots, "shot_id"),
         "rejections": (rejections, "rejection_id"),
+        "faces_dictionary": (faces_dictionary, "face_id"),
+        "people": (people, "person_id"),
+        "tracks": (tracks, "track_id"),
+        "frames": (frames, "frame_id"),
     }
 
 
@@ -94,12 +178,23 @@ PARTITIONED = {"rejections"}
 REFERENCES = {
     ("shots", "source_id"): "sources",
     ("rejections", "source_id"): "sources",
+    ("faces_dictionary", "source_id"): "sources",
+    ("faces_dictionary", "person_id"): "people",
+    ("tracks", "source_id"): "sources",
+    ("tracks", "shot_id"): "shots",
+    ("tracks", "person_id"): "people",
+    ("frames", "track_id"): "tracks",
+    ("frames", "source_id"): "sources",
 }
 
 #: Rejection reason codes per stage. Validation rejects any other code.
 REASONS = {
     "scrape": ("http_error", "timeout", "truncated", "too_large", "too_long", "licence_not_allowed",
                "robots_disallowed", "unsupported_media", "no_audio", "not_found", "duplicate",
-               "extract_error", "too_small"),
+               "extract_error", "too_small", "io_error"),
     "shots": ("no_video_stream", "decode_error", "too_short"),
+    "dictionary": ("no_face", "many_faces", "too_small", "blurry", "extreme_pose",
+                   "identity_outlier", "decode_error", "no_kept_face"),
+    "faces": ("not_target", "track_too_short", "face_too_small", "profile_pose", "decode_error",
+              "no_dictionary"),
 }
