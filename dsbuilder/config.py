@@ -47,7 +47,7 @@ USER_AGENT = (
 )
 
 #: Stage order. A stage depends on every stage before it.
-STAGES: tuple[str, ...] = ("scrape", "dictionary", "shots", "faces")
+STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces")
 
 #: ``limits:`` section. Applied by scrape; hashed into its params.
 LIMITS: dict[str, Param] = {
