@@ -193,3 +193,23 @@ def test_cli_run_over_loopback_http_then_rerun_is_byte_identical(tmp_path, media
         assert res.returncode == 0, res.stderr
         assert srv.count() == 0
         assert manifest_bytes(ws) == before
+
+
+def test_tables_read_with_pandas_and_duckdb(tmp_path, media):
+    import duckdb
+    import pandas as pd
+
+    recipe = load_recipe(make_recipe(tmp_path, media), workspace=tmp_path / "ws")
+    ws = Workspace.open(recipe.workspace)
+    pipeline.run(recipe, ws, pipeline.plan(until="shots"), progress=False)
+    m = ws.manifests
+    shots = pd.read_parquet(m / "shots.parquet")
+    assert len(shots) == 5 and shots["start_s"].dtype == "float64"
+    assert shots["start_frame"].dtype == "int64"
+    rejections = pd.read_parquet(m / "rejections")  # a folder of parts reads as one table
+    assert set(rejections.columns) >= {"stage", "reason", "detail", "item_id"}
+    n = duckdb.sql(f"SELECT count(*) FROM '{m}/sources.parquet' s JOIN '{m}/shots.parquet' t "
+                   "USING (source_id)").fetchone()[0]
+    assert n == 5
+    parts = duckdb.sql(f"SELECT count(*) FROM '{m}/rejections/*.parquet'").fetchone()[0]
+    assert parts == len(rejections)
