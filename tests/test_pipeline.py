@@ -209,7 +209,7 @@ def test_tables_read_with_pandas_and_duckdb(tmp_path, media):
     rejections = pd.read_parquet(m / "rejections")  # a folder of parts reads as one table
     assert set(rejections.columns) >= {"stage", "reason", "detail", "item_id"}
     n = duckdb.sql(f"SELECT count(*) FROM '{m}/sources.parquet' s JOIN '{m}/shots.parquet' t "
-                   "USING (source_id)").fetchone()[0]
+                   "USING (source_id)").fetchall()[0][0]
     assert n == 5
-    parts = duckdb.sql(f"SELECT count(*) FROM '{m}/rejections/*.parquet'").fetchone()[0]
+    parts = duckdb.sql(f"SELECT count(*) FROM '{m}/rejections/*.parquet'").fetchall()[0][0]
     assert parts == len(rejections)
