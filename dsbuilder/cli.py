@@ -152,6 +152,7 @@ def _stage_command(name: str):
            "dictionary": "Build each person's purified face dictionary and fit a match threshold.",
            "shots": "Split every scraped video into shots.",
            "faces": "Detect, track and recognise faces; write aligned crops of the targets only.",
+           "speakers": "Find where target faces speak: VAD, lip-sync scoring and a voice check.",
            }[name]
     return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
 

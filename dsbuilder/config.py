@@ -47,7 +47,7 @@ USER_AGENT = (
 )
 
 #: Stage order. A stage depends on every stage before it.
-STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces")
+STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces", "speakers")
 
 #: ``limits:`` section. Applied by scrape; hashed into its params.
 LIMITS: dict[str, Param] = {
@@ -106,6 +106,9 @@ STAGE_PARAMS["dictionary"] = {
                       min=0, max=3),
     "max_side_px": Param(int, 1600, "photos are downscaled so their longer side is at most this",
                          min=160),
+    "min_det_score": Param((int, float), 0.3, "detections scoring lower are ignored (HOG SVM "
+                           "margin or MMOD confidence; dlib's own cut is 0; a mission patch on the "
+                           "bundled astronaut photo scores 0.12, real faces 0.8-2.8)", min=0.0),
     "min_face_px": Param(int, 60, "reject faces whose box is smaller (too_small)", min=8),
     "min_sharpness": Param((int, float), 25.0, "variance of the Laplacian of the face resized to "
                            "128 px; below is blurry", min=0.0),
@@ -156,6 +159,45 @@ STAGE_PARAMS["faces"] = {
                           min=0.0, max=2.0),
     "audio_rate": Param(int, 16000, "sample rate of the wav beside each crop", min=8000,
                         max=48000),
+}
+
+STAGE_PARAMS["speakers"] = {
+    "vad": Param(str, "webrtc", "voice-activity detector (silero: the silero-vad wheel's ONNX model, "
+                 "needs `pip install --no-deps silero-vad`)", choices=("webrtc", "silero")),
+    "vad_aggressiveness": Param(int, 2, "WebRTC VAD mode (3 rejects the most non-speech)", min=0,
+                                max=3),
+    "vad_frame_ms": Param(int, 30, "WebRTC VAD frame length", choices=(10, 20, 30)),
+    "min_speech_s": Param((int, float), 0.1, "shorter VAD speech runs become non-speech", min=0.0),
+    "min_silence_s": Param((int, float), 0.3, "shorter VAD pauses inside speech become speech",
+                           min=0.0),
+    "window_s": Param((int, float), 0.8, "sync scoring window", min=0.2, max=5.0),
+    "hop_s": Param((int, float), 0.2, "sync scoring hop", min=0.02, max=5.0),
+    "search_offset_frames": Param(int, 15, "audio-visual offsets tried, frames either way", min=1,
+                                  max=60),
+    "max_yaw_deg": Param((int, float), 50.0, "frames turned further do not count (mouth not seen)",
+                         min=0.0, max=90.0),
+    "min_vad_ratio": Param((int, float), 0.3, "gate: speech fraction of the span (else silent)",
+                           min=0.0, max=1.0),
+    "min_confidence": Param((int, float), 0.15, "gate: sync confidence, median - min distance "
+                            "(0-2 scale; else not_speaking)", min=0.0, max=2.0),
+    "max_av_offset": Param(int, 5, "gate: |audio-visual offset| in frames (else off_sync)", min=0),
+    "min_valid_ratio": Param((int, float), 0.5, "gate: fraction of frames with a visible mouth",
+                             min=0.0, max=1.0),
+    "min_mouth_motion": Param((int, float), 0.015, "gate: std of the frame-to-frame change of the "
+                              "inner-lip gap, in face heights (else not_speaking)", min=0.0),
+    "smooth_frames": Param(int, 5, "median smoothing of per-frame speaking probabilities", min=1),
+    "min_segment_s": Param((int, float), 0.5, "shorter speaking runs are not segments", min=0.0),
+    "voice_embedder": Param(str, "auto", "speaker embedding (auto: resemblyzer if installed, else "
+                            "mfcc)", choices=("auto", "resemblyzer", "mfcc")),
+    "voice_max_distance": Param((int, float), None, "cosine distance to the person's voice "
+                                "consensus above which a segment may be voice_mismatch (null: the "
+                                "embedder's default)", min=0.0, max=2.0, nullable=True),
+    "voice_mad_k": Param((int, float), 3.0, "... and above median + k * MAD of the person's "
+                         "distances", min=0.0),
+    "min_voice_segments": Param(int, 3, "no voice check for people with fewer speaking segments",
+                                min=2),
+    "sync_model": Param(str, None, "ONNX sync model replacing the correlation scorer (see "
+                        "dsbuilder/speaker/sync.py OnnxSyncScorer)", nullable=True),
 }
 
 #: Top level of a recipe.

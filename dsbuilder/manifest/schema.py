@@ -168,6 +168,7 @@ def schemas() -> dict:
         "people": (people, "person_id"),
         "tracks": (tracks, "track_id"),
         "frames": (frames, "frame_id"),
+        **_speakers_schemas(pa, ts),
     }
 
 
@@ -185,6 +186,14 @@ REFERENCES = {
     ("tracks", "person_id"): "people",
     ("frames", "track_id"): "tracks",
     ("frames", "source_id"): "sources",
+    ("speech", "track_id"): "tracks",
+    ("speech", "source_id"): "sources",
+    ("speech", "person_id"): "people",
+    ("speaking_frames", "speech_id"): "speech",
+    ("speaking_frames", "track_id"): "tracks",
+    ("speaking_frames", "frame_id"): "frames",
+    ("speaking_frames", "source_id"): "sources",
+    ("vad_segments", "source_id"): "sources",
 }
 
 #: Rejection reason codes per stage. Validation rejects any other code.
@@ -198,3 +207,64 @@ REASONS = {
     "faces": ("not_target", "track_too_short", "face_too_small", "profile_pose", "decode_error",
               "no_dictionary"),
 }
+REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
+                       "decode_error")
+
+
+def _speakers_schemas(pa, ts) -> dict:
+    """Tables of the ``speakers`` stage (manifests/speech.md)."""
+    speech = pa.schema([
+        pa.field("speech_id", pa.string(), nullable=False),  # <track_id>-s<segment_index>
+        pa.field("track_id", pa.string(), nullable=False),  # parent: the face track
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string()),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("vad_ratio", pa.float32(), nullable=False),  # speech fraction of the segment
+        pa.field("av_offset_frames", pa.int32(), nullable=False),  # track level; + = audio later
+        pa.field("sync_confidence", pa.float32(), nullable=False),  # track level, median - min
+        pa.field("segment_confidence", pa.float32()),  # mean per-frame confidence in the segment
+        pa.field("mouth_motion", pa.float32()),  # track level
+        pa.field("valid_ratio", pa.float32()),  # frames with a visible mouth
+        pa.field("speaking", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # rejection code when not speaking
+        pa.field("voice_distance", pa.float32()),  # to the person's voice consensus
+        pa.field("voice_model", pa.string()),
+        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("gates", pa.string(), nullable=False),  # JSON: the decision rule applied
+        *_common(pa),
+    ])
+    speaking_frames = pa.schema([
+        pa.field("frame_id", pa.string(), nullable=False),  # = frames.frame_id
+        pa.field("speech_id", pa.string(), nullable=False),  # parent: the segment
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("t", pa.float64(), nullable=False),
+        pa.field("inner_gap", pa.float32()),  # inner-lip gap / face height
+        pa.field("outer_height", pa.float32()),  # outer-lip height / face height
+        pa.field("lip_width", pa.float32()),  # mouth width / outer-eye distance
+        pa.field("mouth_visible", pa.bool_(), nullable=False),
+        pa.field("turned_away", pa.bool_(), nullable=False),
+        pa.field("vad", pa.bool_(), nullable=False),
+        pa.field("sync_confidence", pa.float32()),  # per-frame, at the track offset
+        pa.field("speaking_prob", pa.float32(), nullable=False),
+        *_common(pa),
+    ])
+    vad_segments = pa.schema([
+        pa.field("vad_segment_id", pa.string(), nullable=False),  # <source_id>-vad<index>
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("speech", pa.bool_(), nullable=False),
+        pa.field("method", pa.string(), nullable=False),
+        *_common(pa),
+    ])
+    return {"speech": (speech, "speech_id"), "speaking_frames": (speaking_frames, "frame_id"),
+            "vad_segments": (vad_segments, "vad_segment_id")}
+

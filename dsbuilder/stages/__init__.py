@@ -14,6 +14,7 @@ CODE_VERSIONS = {
     "dictionary": "1",
     "shots": "1",
     "faces": "1",
+    "speakers": "1",
 }
 
 
