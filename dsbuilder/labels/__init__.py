@@ -1,0 +1,1 @@
+"""Frame labels: action units, emotions, valence/arousal, and their temporal models."""
