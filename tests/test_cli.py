@@ -37,7 +37,7 @@ def test_missing_recipe_and_bad_stage_exit_2(tmp_path):
     assert res.returncode == 2 and "recipe file not found" in res.stderr
     p = tmp_path / "r.yaml"
     p.write_text("name: t\npeople: [{id: a}]\n")
-    res = run_cli("run", str(p), "--only", "label")
+    res = run_cli("run", str(p), "--only", "nosuchstage")
     assert res.returncode == 2 and "Invalid value for '--only'" in res.stderr
 
 

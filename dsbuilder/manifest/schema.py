@@ -169,6 +169,8 @@ def schemas() -> dict:
         "tracks": (tracks, "track_id"),
         "frames": (frames, "frame_id"),
         **_speakers_schemas(pa, ts),
+        **_label_schemas(pa),
+        **_segments_schema(pa),
     }
 
 
@@ -194,6 +196,15 @@ REFERENCES = {
     ("speaking_frames", "frame_id"): "frames",
     ("speaking_frames", "source_id"): "sources",
     ("vad_segments", "source_id"): "sources",
+    ("labels", "track_id"): "tracks",
+    ("labels", "frame_id"): "frames",
+    ("labels", "source_id"): "sources",
+    ("label_clips", "track_id"): "tracks",
+    ("label_clips", "source_id"): "sources",
+    ("label_clips", "person_id"): "people",
+    ("segments", "track_id"): "tracks",
+    ("segments", "source_id"): "sources",
+    ("segments", "person_id"): "people",
 }
 
 #: Rejection reason codes per stage. Validation rejects any other code.
@@ -209,6 +220,7 @@ REASONS = {
 }
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
                        "decode_error")
+REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error")
 
 
 def _speakers_schemas(pa, ts) -> dict:
@@ -268,3 +280,77 @@ def _speakers_schemas(pa, ts) -> dict:
     return {"speech": (speech, "speech_id"), "speaking_frames": (speaking_frames, "frame_id"),
             "vad_segments": (vad_segments, "vad_segment_id")}
 
+
+def _label_schemas(pa) -> dict:
+    """Tables of the ``label`` stage (manifests/labels.md). Class order of the probability lists:
+    angry, disgust, fear, happy, sad, surprise, neutral (dsbuilder.labels.fer.FER_CLASSES)."""
+    probs = pa.list_(pa.float32(), 7)
+    labels = pa.schema([
+        pa.field("label_id", pa.string(), nullable=False),  # = frames.frame_id
+        pa.field("frame_id", pa.string(), nullable=False),  # parent: the frame
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string()),
+        pa.field("frame_index", pa.int64(), nullable=False),  # in the source video
+        pa.field("crop_frame", pa.int64(), nullable=False),  # in the crop clip
+        pa.field("t", pa.float64(), nullable=False),
+        pa.field("fer_probs", probs, nullable=False),  # per frame, FER_CLASSES order
+        pa.field("fer_probs_smoothed", probs, nullable=False),  # over time (smoothing param)
+        pa.field("fer_argmax", pa.string(), nullable=False),  # class name of max fer_probs
+        pa.field("fer_confidence", pa.float32(), nullable=False),  # max of fer_probs
+        pa.field("valence", pa.float32(), nullable=False),  # from fer_probs, [-1, 1]
+        pa.field("arousal", pa.float32(), nullable=False),
+        pa.field("valence_smoothed", pa.float32(), nullable=False),  # from fer_probs_smoothed
+        pa.field("arousal_smoothed", pa.float32(), nullable=False),
+        pa.field("fer_model", pa.string(), nullable=False),
+        # AU HOOK: action-unit columns (dsbuilder.labels.au.geometric_aus) go here
+        *_common(pa),
+    ])
+    label_clips = pa.schema([
+        pa.field("track_id", pa.string(), nullable=False),  # parent: the track (one row each)
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string()),
+        pa.field("n_frames", pa.int64(), nullable=False),  # labelled frames
+        pa.field("mean_probs", probs, nullable=False),  # mean of per-frame fer_probs
+        pa.field("argmax", pa.string(), nullable=False),  # class of max mean_probs
+        pa.field("argmax_prob", pa.float32(), nullable=False),
+        pa.field("entropy", pa.float32(), nullable=False),  # of mean_probs / log(7), 0-1
+        pa.field("agreement", pa.float32(), nullable=False),  # frames whose smoothed argmax = argmax
+        pa.field("mean_valence", pa.float32(), nullable=False),  # of the smoothed per-frame V/A
+        pa.field("mean_arousal", pa.float32(), nullable=False),
+        pa.field("std_valence", pa.float32(), nullable=False),
+        pa.field("std_arousal", pa.float32(), nullable=False),
+        pa.field("smoothing", pa.string(), nullable=False),  # e.g. "ema:5"
+        pa.field("fer_model", pa.string(), nullable=False),
+        pa.field("kept", pa.bool_(), nullable=False),
+        pa.field("reason", pa.string()),  # rejection code when not kept
+        *_common(pa),
+    ])
+    return {"labels": (labels, "label_id"), "label_clips": (label_clips, "track_id")}
+
+
+def _segments_schema(pa) -> dict:
+    """``segments``: HMM state runs of a person's AU sequences (``dsbuilder hmm fit``;
+    manifests/segments.md). ``au_names`` gives the order of ``au_profile``."""
+    segments = pa.schema([
+        pa.field("segment_id", pa.string(), nullable=False),  # <track_id>-h<segment_index>
+        pa.field("track_id", pa.string(), nullable=False),  # parent: the face track (clip)
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("state", pa.int32(), nullable=False),  # HMM state (Viterbi)
+        pa.field("n_states", pa.int32(), nullable=False),
+        pa.field("family", pa.string(), nullable=False),  # gaussian | poisson
+        pa.field("au_names", pa.list_(pa.string()), nullable=False),  # e.g. AU01_geom ...
+        pa.field("au_profile", pa.list_(pa.float32()), nullable=False),  # the state's mean AUs
+        pa.field("nearest_emotion", pa.string(), nullable=False),  # FACS prototypes, or neutral
+        pa.field("emotion_score", pa.float32(), nullable=False),  # cos of the principal angle
+        pa.field("model_path", pa.string(), nullable=False),  # models/hmm/<person>.json
+        *_common(pa),
+    ])
+    return {"segments": (segments, "segment_id")}
