@@ -95,3 +95,33 @@ def test_span_mode_and_neutral():
     assert nearest_emotion([0.01, 0.02], ["AU01", "AU12"]) == ("neutral", 0.0)
     emo, score = nearest_emotion([0.0, 0.9], ["AU01", "AU12"])
     assert emo == "happiness" and score == pytest.approx(1.0)
+
+
+def test_batched_scores_equal_principal_angles_from_scipy():
+    """The matrix shortcut (||Q^T x|| for orthonormal Q) equals scipy's principal angles."""
+    import numpy as np
+    from scipy.linalg import subspace_angles
+
+    from dsbuilder.labels import facs
+    from dsbuilder.labels.au import AU_GEOM_NAMES
+
+    rng = np.random.default_rng(3)
+    values = rng.random((20, len(AU_GEOM_NAMES))) * (rng.random((20, len(AU_GEOM_NAMES))) > 0.5)
+    emotions, m = facs.emotion_score_matrix(values, AU_GEOM_NAMES)
+    numbers = facs._au_axis(AU_GEOM_NAMES)
+    parsed = {e: [facs.parse_facs(c) for c in codes] for e, codes in facs.PROTOTYPES.items()}
+    all_aus = sorted({a for ns in numbers for a in ns}
+                     | {t.au for ps in parsed.values() for p in ps for t in p})
+    axes = {a: i for i, a in enumerate(all_aus)}
+    for row, scores in zip(values, m):
+        x = np.zeros(len(axes))
+        for v, ns in zip(row, numbers):
+            for a in ns:
+                x[axes[a]] += v
+        if not x.any():
+            assert not scores.any()
+            continue
+        for j, e in enumerate(emotions):
+            best = max(float(np.cos(subspace_angles(x[:, None], facs._basis(t, axes, "joint")).min()))
+                       for t in parsed[e])
+            assert scores[j] == pytest.approx(min(1.0, best), abs=1e-9)

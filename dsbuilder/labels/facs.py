@@ -147,37 +147,50 @@ def _basis(terms: tuple[AuTerm, ...], axes: dict[int, int], mode: str) -> np.nda
     return np.stack(cols, axis=1)
 
 
-def emotion_scores(au_values, au_names, prototypes: dict[str, tuple[str, ...]] | None = None,
-                   mode: str = "joint") -> dict[str, float]:
-    """AU values of one frame (``au_names`` like ``"AU12"``, ``"AU12_r"``, ``"AU06_07_geom"``) ->
-    ``{emotion: score in [0, 1]}``: cos of the smallest principal angle between the AU vector and the
-    emotion's best prototype subspace. Negative and NaN values count as 0 (absent)."""
-    from scipy.linalg import subspace_angles
+def emotion_score_matrix(au_values, au_names, prototypes: dict[str, tuple[str, ...]] | None = None,
+                         mode: str = "joint") -> tuple[tuple[str, ...], np.ndarray]:
+    """Score many frames at once: ``au_values`` (n, len(au_names)) -> (emotions, (n, n_emotions)).
 
+    A frame's score for an emotion is the cosine of the smallest principal angle between its AU
+    vector and the emotion's best prototype subspace. For a single vector x and a subspace with an
+    orthonormal basis Q that cosine is ||Q^T x|| / ||x||, so every frame is scored with one matrix
+    product per prototype instead of an SVD per frame and prototype (what
+    ``scipy.linalg.subspace_angles`` would do; the tests check both agree). Negative and NaN values
+    count as 0 (absent); an all-zero frame scores 0 everywhere.
+    """
     prototypes = PROTOTYPES if prototypes is None else prototypes
-    vals = np.nan_to_num(np.asarray(au_values, dtype=np.float64).ravel(), nan=0.0)
+    vals = np.nan_to_num(np.atleast_2d(np.asarray(au_values, dtype=np.float64)), nan=0.0)
     vals = np.maximum(vals, 0.0)
     numbers = _au_axis(au_names)
-    if len(numbers) != len(vals):
-        raise ValueError(f"{len(vals)} values for {len(numbers)} AU names")
+    if len(numbers) != vals.shape[1]:
+        raise ValueError(f"{vals.shape[1]} values for {len(numbers)} AU names")
     parsed = {e: [parse_facs(c) for c in codes] for e, codes in prototypes.items()}
     all_aus = sorted({a for ns in numbers for a in ns}
                      | {t.au for ps in parsed.values() for p in ps for t in p})
     axes = {a: i for i, a in enumerate(all_aus)}
-    x = np.zeros(len(axes))
-    for v, ns in zip(vals, numbers):
+    # map our AU columns onto FACS axes (a proxy such as AU06_07 feeds both AU6 and AU7)
+    to_axes = np.zeros((len(numbers), len(axes)))
+    for i, ns in enumerate(numbers):
         for a in ns:
-            x[axes[a]] += v
-    scores = {}
-    if np.linalg.norm(x) < 1e-12:
-        return {e: 0.0 for e in parsed}
-    for emo, protos in parsed.items():
-        best = 0.0
+            to_axes[i, axes[a]] = 1.0
+    x = vals @ to_axes
+    norms = np.linalg.norm(x, axis=1)
+    unit = np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 1e-12)
+    out = np.zeros((len(x), len(parsed)))
+    for j, protos in enumerate(parsed.values()):
         for terms in protos:
-            ang = subspace_angles(x[:, None], _basis(terms, axes, mode))
-            best = max(best, float(np.cos(ang.min())))
-        scores[emo] = min(1.0, best)
-    return scores
+            q, _ = np.linalg.qr(_basis(terms, axes, mode))
+            out[:, j] = np.maximum(out[:, j], np.linalg.norm(unit @ q, axis=1))
+    return tuple(parsed), np.minimum(out, 1.0)
+
+
+def emotion_scores(au_values, au_names, prototypes: dict[str, tuple[str, ...]] | None = None,
+                   mode: str = "joint") -> dict[str, float]:
+    """AU values of one frame (``au_names`` like ``"AU12"``, ``"AU12_r"``, ``"AU06_07_geom"``) ->
+    ``{emotion: score in [0, 1]}`` (see :func:`emotion_score_matrix`)."""
+    emotions, m = emotion_score_matrix(np.asarray(au_values, dtype=np.float64).ravel()[None, :],
+                                       au_names, prototypes, mode)
+    return {e: float(v) for e, v in zip(emotions, m[0])}
 
 
 def nearest_emotion(au_values, au_names, min_norm: float = 0.15,
