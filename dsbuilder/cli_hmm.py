@@ -9,13 +9,17 @@ from pathlib import Path
 
 import click
 
-#: Defaults of the ``dsbuilder hmm`` commands (kept here so importing the CLI stays light).
-DEFAULTS = {"min_states": 2, "max_states": 6, "restarts": 3, "family": "gaussian",
-            "criterion": "bic", "seed": 0, "baseline": "median_shape"}
+def _defaults() -> dict:
+    """``dsbuilder hmm`` defaults: the label stage's (``stages.label.hmm_*``, in dsbuilder.config)."""
+    from dsbuilder.config import stage_defaults
+
+    d = stage_defaults("label")
+    return {"min_states": d["hmm_min_states"], "max_states": d["hmm_max_states"],
+            "restarts": d["hmm_restarts"], "family": d["hmm_family"],
+            "criterion": d["hmm_criterion"], "seed": d["hmm_seed"], "baseline": d["au_baseline"]}
 
 
-def _model_path(root: Path, person: str) -> Path:
-    return root / "models" / "hmm" / f"{person}.json"
+DEFAULTS = _defaults()
 
 
 def _track_sequences(ws, person: str | None = None, track: str | None = None):
@@ -42,21 +46,15 @@ def _track_sequences(ws, person: str | None = None, track: str | None = None):
 
 
 def _fps(rows) -> float:
-    import numpy as np
+    from dsbuilder.stages.label import _fps as fps
 
-    t = np.array([r["t"] for r in rows])
-    dt = np.diff(t)
-    dt = dt[dt > 0]
-    return round(float(1.0 / np.median(dt)), 3) if len(dt) else 25.0
+    return fps(rows)
 
 
 def _aus(rows, baseline: str):
-    import numpy as np
+    from dsbuilder.stages.label import geometric_track_aus
 
-    from dsbuilder.labels.au import track_aus
-
-    lm = np.array([r["landmarks"] for r in rows], dtype=np.float64).reshape(-1, 68, 2)
-    return track_aus(lm, method=baseline)  # clipped at 0: intensities above the neutral face
+    return geometric_track_aus(rows, baseline)  # clipped at 0: intensities above the neutral face
 
 
 @click.group()
@@ -89,6 +87,7 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     from dsbuilder.labels.au import AU_GEOM_NAMES
     from dsbuilder.manifest.io import read_table, write_table
     from dsbuilder.recipe import params_hash
+    from dsbuilder.stages.label import hmm_model_path, hmm_segment_rows
     from dsbuilder.workspace import Workspace
 
     ws = Workspace.open(workspace)
@@ -100,25 +99,14 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     X = [_aus(rows, baseline) for _, rows in seqs]
     model = H.fit(X, AU_GEOM_NAMES, fps=fps, n_states=(min_states, max_states), family=family,
                   criterion=criterion, restarts=restarts, seed=seed)
-    mpath = H.save_model(model, _model_path(ws.root, person))
+    mpath = H.save_model(model, hmm_model_path(ws.root, person))
     phash = params_hash({"min_states": min_states, "max_states": max_states, "restarts": restarts,
                          "family": family, "criterion": criterion, "baseline": baseline,
                          "seed": seed, "features": "geometric"})
     new_rows = []
     for (tr, rows), x in zip(seqs, X):
-        for k, seg in enumerate(H.segments(model, x)):
-            first, last = rows[seg.start], rows[seg.end - 1]
-            nxt = rows[seg.end] if seg.end < len(rows) else None
-            new_rows.append({
-                "segment_id": f"{tr['track_id']}-h{k}", "track_id": tr["track_id"],
-                "source_id": tr["source_id"], "person_id": person, "segment_index": k,
-                "start_frame": first["frame_index"],
-                "end_frame": nxt["frame_index"] if nxt else last["frame_index"] + 1,
-                "start_s": first["t"], "end_s": nxt["t"] if nxt else last["t"] + 1.0 / fps,
-                "n_frames": seg.end - seg.start, "state": seg.state, "n_states": model.n_states,
-                "au_names": list(AU_GEOM_NAMES), "au_profile": list(seg.profile),
-                "nearest_emotion": seg.emotion, "emotion_score": seg.emotion_score,
-                "model_path": ws.relpath(mpath), "family": family})
+        new_rows.extend(hmm_segment_rows(model, {**tr, "person_id": person}, rows, x,
+                                         ws.relpath(mpath)))
     # one segments file for everyone: other people's rows are kept, with their own params hash
     kept = [r for r in read_table(ws, "segments").to_pylist() if r["person_id"] != person]
     hashes = {r["segment_id"]: r.pop("stage_params_hash") for r in kept}
@@ -172,7 +160,9 @@ def hmm_sample(workspace: Path, person: str, seconds: float, fps: float | None, 
     from dsbuilder.labels import hmm as H
     from dsbuilder.workspace import atomic_write_bytes
 
-    mpath = _model_path(workspace.resolve(), person)
+    from dsbuilder.stages.label import hmm_model_path
+
+    mpath = hmm_model_path(workspace.resolve(), person)
     if not mpath.exists():
         raise DsbuilderError(f"no HMM for {person!r} at {mpath}",
                              f"run `dsbuilder hmm fit --workspace {workspace} --person {person}`")
@@ -198,16 +188,14 @@ def _read_au_csv(path: Path):
     import numpy as np
 
     from dsbuilder.labels import au_import
+    from dsbuilder.labels.au import au_numbers
 
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = [h.strip() for h in next(csv.reader(fh))]
-    if any(h.endswith("_r") for h in header):
-        t = au_import.read_openface_csv(path)
-    elif "FaceScore" in header or "happiness" in header:
-        t = au_import.read_pyfeat_csv(path)
-    else:
-        from dsbuilder.labels.au import au_numbers
-
+    try:
+        t = au_import.read_au_csv(path)
+    except ValueError:  # not OpenFace or py-feat: `hmm sample` output (t, state, AU01_geom, ...)
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        header = list(rows[0]) if rows else []
         names = []
         for h in header:
             try:
@@ -215,19 +203,15 @@ def _read_au_csv(path: Path):
                 names.append(h)
             except ValueError:
                 pass
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
         vals = np.array([[float(r[n]) for n in names] for r in rows]) if rows else np.zeros((0, 0))
-        fps = None
-        if rows and "t" in rows[0] and len(rows) > 1:
-            dt = np.diff([float(r["t"]) for r in rows])
-            fps = float(1 / np.median(dt)) if (dt > 0).any() else None
-        return vals, names, fps
+        times = np.array([float(r["t"]) for r in rows]) if rows and "t" in rows[0] else None
+    else:
+        vals, names, times = t.values / t.scale, list(t.au_names), t.time
     fps = None
-    if t.time is not None and len(t.time) > 1:
-        dt = np.diff(t.time)
+    if times is not None and len(times) > 1:
+        dt = np.diff(times)
         fps = float(1 / np.median(dt[dt > 0])) if (dt > 0).any() else None
-    return t.values / t.scale, list(t.au_names), fps
+    return vals, names, fps
 
 
 @hmm.command("animate")

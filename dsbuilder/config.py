@@ -215,7 +215,36 @@ STAGE_PARAMS["label"] = {
     "min_clip_confidence": Param((int, float), 0.25, "a clip whose mean probability of its argmax "
                                  "class is lower is rejected (low_confidence); uniform is 1/7",
                                  min=0.0, max=1.0),
+    # labellers: each can be switched off; what it would write is then null
+    "fer": Param(bool, True, "run the FER teacher (fer_* columns, valence/arousal)"),
+    "aus": Param(bool, True, "action units: geometric proxies from the frames' landmarks (or "
+                 "imported, see au_csv) and emotion scores from FACS prototypes"),
+    "hmm": Param(bool, True, "fit an HMM per person on the geometric AU sequences of all their "
+                 "clips and Viterbi-decode every clip into the segments table (needs aus)"),
+    "au_baseline": Param(str, "median_shape", "per-track neutral face of the geometric AUs "
+                         "(dsbuilder.labels.au.neutral_baseline)",
+                         choices=("median_shape", "percentile")),
+    "au_csv": Param(str, None, "OpenFace 2.x or py-feat CSVs computed on the crop clips: a folder of "
+                    "<track_id>.csv files or one such file (relative to the recipe); their AUs replace "
+                    "the geometric ones for FACS scoring on the frames they cover", nullable=True),
+    "au_neutral_norm": Param((int, float), 0.3, "a frame whose AU vector (0-1 intensities) is "
+                             "shorter than this is 'neutral' for the FACS scoring (geometric AUs "
+                             "carry landmark jitter: ~0.1-0.2 on a still face)", min=0.0),
+    "hmm_family": Param(str, "gaussian", "HMM emission family (poisson: AUs quantised to counts)",
+                        choices=("gaussian", "poisson")),
+    "hmm_min_states": Param(int, 2, "fewest HMM states tried", min=1, max=20),
+    "hmm_max_states": Param(int, 6, "most HMM states tried", min=1, max=20),
+    "hmm_criterion": Param(str, "bic", "how the number of states is chosen: BIC on all frames, or "
+                           "log-likelihood of held-out clips", choices=("bic", "heldout")),
+    "hmm_restarts": Param(int, 3, "random restarts per candidate (best training likelihood kept)",
+                          min=1, max=50),
+    "hmm_seed": Param(int, 0, "seed of the first restart (restart r uses seed + r)", min=0),
+    "hmm_min_frames": Param(int, 20, "people with fewer labelled frames get no HMM (their clips: "
+                            "rejection hmm_too_few_frames)", min=2),
 }
+
+#: The label parameters the cached FER outputs depend on (others are recomputed from them).
+LABEL_FER_PARAMS = ("fer_model", "crop_fraction")
 
 #: Top level of a recipe.
 TOP_LEVEL = ("name", "workspace", "people", "licences", "limits", "stages")

@@ -327,5 +327,18 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
     sm = {} if stages_loc is None or stages_loc.value is None else v.mapping(stages_loc, "stages")
     v.keys(sm, list(config.STAGE_PARAMS), "stages")
     stages = {s: v.section(sm.get(s), ps, f"stages.{s}") for s, ps in config.STAGE_PARAMS.items()}
+    lab = stages["label"]
+    lab_loc = sm["label"].value if "label" in sm and isinstance(sm["label"].value, dict) else {}
+    if lab["hmm_min_states"] > lab["hmm_max_states"]:
+        v.fail(f"stages.label.hmm_min_states ({lab['hmm_min_states']}) is larger than "
+               f"hmm_max_states ({lab['hmm_max_states']})",
+               lab_loc["hmm_min_states"].line if "hmm_min_states" in lab_loc else None)
+    if lab["au_csv"] is not None:
+        p = Path(lab["au_csv"]).expanduser()
+        p = (p if p.is_absolute() else base / p).resolve()
+        if not p.exists():
+            v.fail(f"stages.label.au_csv does not exist: {p}", lab_loc["au_csv"].line,
+                   "give a folder of <track_id>.csv files or one CSV, relative to the recipe")
+        lab["au_csv"] = str(p)
     return Recipe(path=path.resolve(), name=name, workspace=ws, people=people, licences=licences,
                   limits=limits, stages=stages)

@@ -143,6 +143,17 @@ def read_pyfeat_csv(path: str | Path) -> AuTable:
         confidence=conf)
 
 
+def read_au_csv(path: str | Path) -> AuTable:
+    """An OpenFace or a py-feat CSV, told apart by its header (``AUxx_r``/``AUxx_c`` columns:
+    OpenFace; ``AUxx`` columns: py-feat). Raises ``ValueError`` naming the file otherwise."""
+    header, _ = _read(path)
+    if any(_AU_R.fullmatch(h) or _AU_C.fullmatch(h) for h in header):
+        return read_openface_csv(path)
+    if any(_AU.fullmatch(h) for h in header):
+        return read_pyfeat_csv(path)
+    raise ValueError(f"{path}: neither an OpenFace (AUxx_r/AUxx_c) nor a py-feat (AUxx) CSV")
+
+
 def align_to_frames(table: AuTable, frame_times: np.ndarray | None = None,
                     frame_indices: np.ndarray | None = None, fps: float | None = None) -> AuTable:
     """Rows of ``table`` matched to our frames: one output row per requested frame, NaN where the

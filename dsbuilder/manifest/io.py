@@ -50,8 +50,11 @@ def write_table(ws: Workspace, table: str, rows: Iterable[dict[str, Any]], param
     full.sort(key=lambda r: r[id_col])
     tbl = pa.Table.from_pylist(full, schema=schema)
     target = table_path(ws, table, part)
+    # dictionary-encode the string columns only: float columns (landmarks, probabilities) gain nothing
+    # from dictionaries and would cost memory while writing (measured: benchmarks/RESULTS.md, faces)
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
     with atomic_path(target) as tmp:
-        pq.write_table(tbl, tmp, compression="zstd")
+        pq.write_table(tbl, tmp, compression="zstd", use_dictionary=strings)
     return target
 
 

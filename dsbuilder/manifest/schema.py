@@ -9,7 +9,7 @@ Every table carries ``schema_version``, its own id, the ids of its parents, ``so
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips
 
 
 def _common(pa):
@@ -220,7 +220,7 @@ REASONS = {
 }
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
                        "decode_error")
-REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error")
+REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
 
 
 def _speakers_schemas(pa, ts) -> dict:
@@ -282,9 +282,16 @@ def _speakers_schemas(pa, ts) -> dict:
 
 
 def _label_schemas(pa) -> dict:
-    """Tables of the ``label`` stage (manifests/labels.md). Class order of the probability lists:
-    angry, disgust, fear, happy, sad, surprise, neutral (dsbuilder.labels.fer.FER_CLASSES)."""
+    """Tables of the ``label`` stage (manifests/labels.md).
+
+    Class order of the FER probability lists: angry, disgust, fear, happy, sad, surprise, neutral
+    (dsbuilder.labels.fer.FER_CLASSES); of ``aus_geom``: dsbuilder.labels.au.AU_GEOM_NAMES (AU01_geom
+    ... AU45_geom: geometric proxies, not a learned AU detector); of the AU emotion scores:
+    dsbuilder.labels.facs.EMOTIONS (happiness, sadness, surprise, fear, anger, disgust, contempt).
+    Each labeller can be switched off in the recipe; its columns are then null."""
     probs = pa.list_(pa.float32(), 7)
+    aus_geom = pa.list_(pa.float32(), 14)
+    emo = pa.list_(pa.float32(), 7)
     labels = pa.schema([
         pa.field("label_id", pa.string(), nullable=False),  # = frames.frame_id
         pa.field("frame_id", pa.string(), nullable=False),  # parent: the frame
@@ -294,16 +301,20 @@ def _label_schemas(pa) -> dict:
         pa.field("frame_index", pa.int64(), nullable=False),  # in the source video
         pa.field("crop_frame", pa.int64(), nullable=False),  # in the crop clip
         pa.field("t", pa.float64(), nullable=False),
-        pa.field("fer_probs", probs, nullable=False),  # per frame, FER_CLASSES order
-        pa.field("fer_probs_smoothed", probs, nullable=False),  # over time (smoothing param)
-        pa.field("fer_argmax", pa.string(), nullable=False),  # class name of max fer_probs
-        pa.field("fer_confidence", pa.float32(), nullable=False),  # max of fer_probs
-        pa.field("valence", pa.float32(), nullable=False),  # from fer_probs, [-1, 1]
-        pa.field("arousal", pa.float32(), nullable=False),
-        pa.field("valence_smoothed", pa.float32(), nullable=False),  # from fer_probs_smoothed
-        pa.field("arousal_smoothed", pa.float32(), nullable=False),
-        pa.field("fer_model", pa.string(), nullable=False),
-        # AU HOOK: action-unit columns (dsbuilder.labels.au.geometric_aus) go here
+        pa.field("fer_probs", probs),  # per frame, FER_CLASSES order
+        pa.field("fer_probs_smoothed", probs),  # over time (smoothing param)
+        pa.field("fer_argmax", pa.string()),  # class name of max fer_probs
+        pa.field("fer_confidence", pa.float32()),  # max of fer_probs
+        pa.field("valence", pa.float32()),  # from fer_probs, [-1, 1]
+        pa.field("arousal", pa.float32()),
+        pa.field("valence_smoothed", pa.float32()),  # from fer_probs_smoothed
+        pa.field("arousal_smoothed", pa.float32()),
+        pa.field("fer_model", pa.string()),
+        pa.field("aus_geom", aus_geom),  # 0-1 above the track's neutral baseline; NaN: bad shape
+        pa.field("au_source", pa.string()),  # AUs scored below: geom | openface | pyfeat
+        pa.field("aus_imported", pa.list_(pa.float32())),  # 0-1, label_clips.au_imported_names
+        pa.field("au_emotion_scores", emo),  # cos of the principal angle per FACS emotion
+        pa.field("au_emotion", pa.string()),  # best FACS emotion, or neutral
         *_common(pa),
     ])
     label_clips = pa.schema([
@@ -311,17 +322,23 @@ def _label_schemas(pa) -> dict:
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("person_id", pa.string()),
         pa.field("n_frames", pa.int64(), nullable=False),  # labelled frames
-        pa.field("mean_probs", probs, nullable=False),  # mean of per-frame fer_probs
-        pa.field("argmax", pa.string(), nullable=False),  # class of max mean_probs
-        pa.field("argmax_prob", pa.float32(), nullable=False),
-        pa.field("entropy", pa.float32(), nullable=False),  # of mean_probs / log(7), 0-1
-        pa.field("agreement", pa.float32(), nullable=False),  # frames whose smoothed argmax = argmax
-        pa.field("mean_valence", pa.float32(), nullable=False),  # of the smoothed per-frame V/A
-        pa.field("mean_arousal", pa.float32(), nullable=False),
-        pa.field("std_valence", pa.float32(), nullable=False),
-        pa.field("std_arousal", pa.float32(), nullable=False),
-        pa.field("smoothing", pa.string(), nullable=False),  # e.g. "ema:5"
-        pa.field("fer_model", pa.string(), nullable=False),
+        pa.field("mean_probs", probs),  # mean of per-frame fer_probs
+        pa.field("argmax", pa.string()),  # class of max mean_probs
+        pa.field("argmax_prob", pa.float32()),
+        pa.field("entropy", pa.float32()),  # of mean_probs / log(7), 0-1
+        pa.field("agreement", pa.float32()),  # frames whose smoothed argmax = argmax
+        pa.field("mean_valence", pa.float32()),  # of the smoothed per-frame V/A
+        pa.field("mean_arousal", pa.float32()),
+        pa.field("std_valence", pa.float32()),
+        pa.field("std_arousal", pa.float32()),
+        pa.field("smoothing", pa.string()),  # e.g. "ema:5"
+        pa.field("fer_model", pa.string()),
+        pa.field("mean_aus_geom", aus_geom),  # over the clip's frames
+        pa.field("au_imported_names", pa.list_(pa.string())),  # e.g. AU01 ... (null: none)
+        pa.field("mean_au_emotion_scores", emo),
+        pa.field("au_emotion", pa.string()),  # most frequent per-frame au_emotion
+        pa.field("au_emotion_share", pa.float32()),  # its share of the frames
+        pa.field("fer_au_agreement", pa.float32()),  # frames where FER argmax = AU emotion
         pa.field("kept", pa.bool_(), nullable=False),
         pa.field("reason", pa.string()),  # rejection code when not kept
         *_common(pa),
@@ -330,8 +347,8 @@ def _label_schemas(pa) -> dict:
 
 
 def _segments_schema(pa) -> dict:
-    """``segments``: HMM state runs of a person's AU sequences (``dsbuilder hmm fit``;
-    manifests/segments.md). ``au_names`` gives the order of ``au_profile``."""
+    """``segments``: HMM state runs of a person's AU sequences (written by the ``label`` stage, or by
+    ``dsbuilder hmm fit`` for one person; manifests/segments.md). ``au_names`` gives the order of ``au_profile``."""
     segments = pa.schema([
         pa.field("segment_id", pa.string(), nullable=False),  # <track_id>-h<segment_index>
         pa.field("track_id", pa.string(), nullable=False),  # parent: the face track (clip)

@@ -15,7 +15,7 @@ CODE_VERSIONS = {
     "shots": "1",
     "faces": "1",
     "speakers": "1",
-    "label": "1",
+    "label": "2",
 }
 
 

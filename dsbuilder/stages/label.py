@@ -1,33 +1,47 @@
-"""Stage ``label``: per-frame emotion probabilities and valence/arousal for every kept face track.
+"""Stage ``label``: per-frame and per-clip expression labels for every kept face track, from three
+independent labellers whose disagreement is kept, not collapsed. Each can be switched off in the recipe
+(``stages.label.fer`` / ``aus`` / ``hmm``); what it would write is then null.
 
-For each kept track of ``tracks`` (``kept``, with a ``crop_path``) the aligned face clip is streamed
-(:func:`dsbuilder.media.iter_frames`, grey), the central ``crop_fraction`` of each frame is resized to
-64×64 and classified in batches by the FER teacher (:mod:`dsbuilder.labels.fer`; by default the FER2013
-mini-Xception ported to PyTorch). The probabilities are smoothed over time and mapped to valence and
-arousal (:mod:`dsbuilder.labels.va`). Outputs:
+1. **FER teacher** (``fer``). The aligned face clip of the track is streamed
+   (:func:`dsbuilder.media.iter_frames`, grey), the central ``crop_fraction`` of each frame is resized to
+   64×64 and classified in batches by the FER teacher (:mod:`dsbuilder.labels.fer`; by default the
+   FER2013 mini-Xception ported to PyTorch). Probabilities are smoothed over time and mapped to valence
+   and arousal (:mod:`dsbuilder.labels.va`).
+2. **Action units** (``aus``). Geometric AU proxies from the ``frames`` landmarks, normalised against
+   the track's own neutral baseline (:mod:`dsbuilder.labels.au`; *proxies, not a learned detector*).
+   Where ``au_csv`` gives OpenFace or py-feat output for the crop clip (``<track_id>.csv``, aligned by
+   crop frame), those AUs are stored too and are the ones scored. Each frame is scored against the FACS
+   prototypes by principal angles (:mod:`dsbuilder.labels.facs`) and gets a nearest emotion; the clip
+   gets the most frequent one and how often it agrees with the FER argmax.
+3. **HMM segments** (``hmm``). One HMM per person on the geometric AU sequences of all their labelled
+   clips (:mod:`dsbuilder.labels.hmm`; states chosen by BIC or held-out likelihood, fixed seeds), saved
+   as ``models/hmm/<person>.json``; every clip is Viterbi-decoded into ``segments`` rows.
 
-* ``labels``: one row per frame of ``frames`` whose ``crop_frame`` was decoded (``label_id`` =
-  ``frame_id``);
-* ``label_clips``: one row per labelled track: mean probabilities, argmax, entropy, frame agreement,
-  mean V/A. A clip whose mean probability of its argmax is below ``min_clip_confidence`` has
-  ``kept=false`` and a ``low_confidence`` rejection (its per-frame labels are still written).
+Outputs: ``labels`` (one row per ``frames`` row of a labelled track, ``label_id`` = ``frame_id``),
+``label_clips`` (one per labelled track: FER summary, AU summary, FER/AU agreement, ``kept``),
+``segments``. A clip whose mean probability of its FER argmax is below ``min_clip_confidence`` has
+``kept=false`` and a ``low_confidence`` rejection (its per-frame labels are still written).
 
 Rejections (item_id = the track id): ``no_landmarks`` (the track has no ``frames`` rows),
-``decode_error`` (the crop clip cannot be decoded), ``low_confidence``.
+``decode_error`` (the crop clip cannot be decoded), ``low_confidence``, ``hmm_too_few_frames`` (the
+person has fewer than ``hmm_min_frames`` labelled frames: no HMM, no segments).
 
-The teacher's raw per-frame probabilities are the cache record, keyed by the crop's sha256, the stage
-parameters and the code version; smoothing and summaries are recomputed from it.
+Cache: the teacher's raw per-frame probabilities, keyed by the crop's sha256, the FER parameters
+(:data:`dsbuilder.config.LABEL_FER_PARAMS`) and the code version; each person's fitted HMM, keyed by
+the hash of their AU sequences and the HMM parameters. Everything else is recomputed from them, so a
+change of smoothing, AU or HMM settings decodes no video.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from dsbuilder.config import stage_defaults
+from dsbuilder.config import LABEL_FER_PARAMS, stage_defaults
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table
 from dsbuilder.media import MediaError
@@ -89,13 +103,178 @@ def label_clip(path: str | Path, model, params: Mapping[str, Any] | None = None
     return all_idx, np.concatenate(all_probs)
 
 
+# --- action units of one clip -----------------------------------------------------------------------
+
+#: FER class -> the FACS emotion it corresponds to (contempt has no FER class).
+FER_TO_FACS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
+               "sad": "sadness", "surprise": "surprise", "neutral": "neutral"}
+
+
+def geometric_track_aus(frames: list[Mapping[str, Any]], baseline: str = "median_shape"
+                        ) -> np.ndarray:
+    """Baseline-normalised geometric AU proxies ``(n, 14)`` of one track's ``frames`` rows (in the
+    given order; the baseline is taken over all of them). Degenerate shapes give NaN rows."""
+    from dsbuilder.labels.au import track_aus
+
+    lm = np.array([r["landmarks"] for r in frames], dtype=np.float64).reshape(-1, 68, 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return track_aus(lm, method=baseline)
+
+
+def au_emotions(values: np.ndarray, names, neutral_norm: float
+                ) -> tuple[np.ndarray, list[str]]:
+    """FACS emotion scores ``(n, 7)`` (facs.EMOTIONS order) and the nearest emotion per frame
+    (``"neutral"`` below ``neutral_norm``; NaN values count as absent)."""
+    from dsbuilder.labels.facs import EMOTIONS, emotion_score_matrix
+
+    vals = np.maximum(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), 0.0)
+    _, scores = emotion_score_matrix(vals, names)
+    best = scores.argmax(axis=1)  # ties: the first emotion, as nearest_emotion does
+    norms = np.linalg.norm(vals, axis=1)
+    nearest = ["neutral" if n < neutral_norm else EMOTIONS[b] for n, b in zip(norms, best)]
+    return scores, nearest
+
+
+@dataclass
+class ClipAus:
+    """AU labels of one clip's labelled frames (row-aligned with them)."""
+
+    geom: np.ndarray  # (n, 14) geometric proxies, 0-1 above neutral
+    source: list[str]  # per frame: geom | openface | pyfeat
+    imported: np.ndarray | None  # (n, k) 0-1, NaN where the CSV has no row; None: no CSV
+    imported_names: tuple[str, ...] | None
+    scores: np.ndarray  # (n, 7) facs.EMOTIONS order
+    nearest: list[str]
+
+
+def clip_aus(frames: list[Mapping[str, Any]], keep: list[int], params: Mapping[str, Any],
+             au_table=None) -> ClipAus:
+    """AUs of a track: geometric proxies over all its ``frames`` (sorted by frame index), kept at the
+    positions ``keep``; an imported :class:`~dsbuilder.labels.au_import.AuTable` of the crop clip, when
+    given, is aligned by crop frame and scored where it has a row."""
+    from dsbuilder.labels.au import AU_GEOM_NAMES
+    from dsbuilder.labels.au_import import align_to_frames
+
+    geom = geometric_track_aus(frames, params["au_baseline"])[keep]
+    norm = float(params["au_neutral_norm"])
+    scores, nearest = au_emotions(geom, AU_GEOM_NAMES, norm)
+    source = ["geom"] * len(keep)
+    imported = names = None
+    if au_table is not None:
+        crop_frames = np.array([frames[i]["crop_frame"] for i in keep], dtype=np.int64)
+        aligned = align_to_frames(au_table, frame_indices=crop_frames)
+        imported, names = aligned.values / aligned.scale, tuple(aligned.au_names)
+        hit = np.asarray(aligned.success, dtype=bool)
+        if hit.any():
+            s_imp, n_imp = au_emotions(imported[hit], names, norm)
+            scores[hit] = s_imp
+            for j, i in enumerate(np.flatnonzero(hit)):
+                nearest[i] = n_imp[j]
+                source[i] = au_table.tool
+    return ClipAus(geom, source, imported, names, scores, nearest)
+
+
+def find_au_csvs(au_csv: str | None, track_ids) -> dict[str, Path]:
+    """``stages.label.au_csv`` (a folder of ``<track_id>.csv`` or one such file) -> {track_id: path}
+    for the given tracks."""
+    if not au_csv:
+        return {}
+    root = Path(au_csv)
+    files = [root] if root.is_file() else sorted(root.glob("*.csv"))
+    wanted = set(track_ids)
+    found = {f.stem: f for f in files if f.stem in wanted}
+    unused = [f.name for f in files if f.stem not in wanted]
+    if unused:
+        log.warning("label: %d AU CSV(s) match no labelled track (named <track_id>.csv?): %s",
+                    len(unused), ", ".join(unused[:5]))
+    return found
+
+
+# --- HMM segments -----------------------------------------------------------------------------------
+
+def _fps(frames: list[Mapping[str, Any]]) -> float:
+    t = np.array([r["t"] for r in frames], dtype=np.float64)
+    dt = np.diff(t)
+    dt = dt[dt > 0]
+    return round(float(1.0 / np.median(dt)), 3) if len(dt) else 25.0
+
+
+def hmm_segment_rows(model, track: Mapping[str, Any], frames: list[Mapping[str, Any]],
+                     x: np.ndarray, model_path: str) -> list[dict[str, Any]]:
+    """Viterbi-decode one clip's AU sequence ``x`` (row-aligned with ``frames``, sorted by frame
+    index) into ``segments`` rows (times from the frames; the last segment ends one frame after its
+    last frame)."""
+    from dsbuilder.labels import hmm as H
+
+    rows = []
+    for k, seg in enumerate(H.segments(model, x)):
+        first, last = frames[seg.start], frames[seg.end - 1]
+        nxt = frames[seg.end] if seg.end < len(frames) else None
+        rows.append({
+            "segment_id": f"{track['track_id']}-h{k}", "track_id": track["track_id"],
+            "source_id": track["source_id"], "person_id": track["person_id"], "segment_index": k,
+            "start_frame": first["frame_index"],
+            "end_frame": nxt["frame_index"] if nxt else last["frame_index"] + 1,
+            "start_s": first["t"], "end_s": nxt["t"] if nxt else last["t"] + 1.0 / model.fps,
+            "n_frames": seg.end - seg.start, "state": seg.state, "n_states": model.n_states,
+            "family": model.family, "au_names": list(model.au_names),
+            "au_profile": list(seg.profile), "nearest_emotion": seg.emotion,
+            "emotion_score": seg.emotion_score, "model_path": model_path})
+    return rows
+
+
+def hmm_model_path(root: Path, person_id: str) -> Path:
+    """Where a person's HMM is saved, under the workspace ``root``."""
+    return Path(root) / "models" / "hmm" / f"{person_id}.json"
+
+
+def fit_person_hmm(ws: Workspace, person_id: str, seqs: list[np.ndarray], fps: float,
+                   params: Mapping[str, Any], force: bool = False) -> tuple[Any, bool]:
+    """Fit (or take from the cache) one person's HMM on their AU sequences; save it as
+    ``models/hmm/<person>.json``. Returns ``(HmmModel, computed)``."""
+    import hashlib
+    import json
+
+    from dsbuilder.labels import hmm as H
+    from dsbuilder.labels.au import AU_GEOM_NAMES
+    from dsbuilder.workspace import atomic_write_bytes
+
+    hp = {k: params[k] for k in params if k.startswith("hmm_")}
+    digest = hashlib.sha256(person_id.encode())
+    for x in seqs:
+        digest.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+        digest.update(str(len(x)).encode())
+    key = item_key(f"hmm\0{digest.hexdigest()}\0{fps}", params_hash(hp), CODE_VERSIONS[STAGE])
+    record = None if force else ws.get_record(STAGE, key)
+    computed = record is None
+    if computed:
+        model = H.fit(seqs, AU_GEOM_NAMES, fps=fps,
+                      n_states=(int(hp["hmm_min_states"]), int(hp["hmm_max_states"])),
+                      family=hp["hmm_family"], criterion=hp["hmm_criterion"],
+                      restarts=int(hp["hmm_restarts"]), seed=int(hp["hmm_seed"]))
+        record = {"model": H.model_to_dict(model)}
+        ws.put_record(STAGE, key, record)
+    model = H.model_from_dict(record["model"])
+    atomic_write_bytes(hmm_model_path(ws.root, person_id),
+                       (json.dumps(record["model"], indent=1, sort_keys=True) + "\n").encode())
+    return model, computed
+
+
 # --- the stage --------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
-    """Label every kept track's crop clip and publish ``labels`` and ``label_clips``."""
-    from tqdm import tqdm
+@dataclass
+class _Labelled:
+    """One labelled track, kept until the HMM (which needs all of a person's clips) has run."""
 
-    from dsbuilder.labels.fer import FER_CLASSES, ModelError, load_fer
+    track: Mapping[str, Any]
+    frames: list[Mapping[str, Any]]  # the labelled frames, sorted by frame index
+    geom: np.ndarray | None  # (n, 14) or None when aus are off
+    at: str
+
+
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+    """Label every kept track's crop clip; publish ``labels``, ``label_clips`` and ``segments``."""
+    from tqdm import tqdm
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -103,58 +282,113 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
 
     tracks = sorted((r for r in read_table(ws, "tracks").to_pylist()
                      if r["kept"] and r["crop_path"]), key=lambda r: r["track_id"])
-    frames_by_track: dict[str, dict[int, dict[str, Any]]] = {}
+    frames_by_track: dict[str, list[dict[str, Any]]] = {}
     if tracks:
         for fr in read_table(ws, "frames").select(
-                ["frame_id", "track_id", "frame_index", "t", "crop_frame"]).to_pylist():
-            frames_by_track.setdefault(fr["track_id"], {})[fr["crop_frame"]] = fr
+                ["frame_id", "track_id", "frame_index", "t", "crop_frame", "landmarks"]).to_pylist():
+            frames_by_track.setdefault(fr["track_id"], []).append(fr)
     else:
         log.warning("label: no kept track with a crop clip; run the faces stage first")
+    au_csvs = find_au_csvs(params["au_csv"], [t["track_id"] for t in tracks]) \
+        if params["aus"] else {}
 
-    model = None
+    teacher = _Teacher(params) if params["fer"] else None
     label_rows: list[dict[str, Any]] = []
     clip_rows: list[dict[str, Any]] = []
+    labelled: list[_Labelled] = []
     for tr in tqdm(tracks, desc="label", unit="track", disable=not progress):
         track_id = tr["track_id"]
-        frames = frames_by_track.get(track_id, {})
+        frames = sorted(frames_by_track.get(track_id, []), key=lambda r: r["frame_index"])
         if not frames:
-            # a tiny record only to keep the rejection's time (rows rebuilt byte-identically)
-            nl_key = item_key(f"no_landmarks\0{track_id}", phash, CODE_VERSIONS[STAGE])
-            nl = None if force else ws.get_record(STAGE, nl_key)
-            if nl is None:
-                nl = {"at": now_utc()}
-                ws.put_record(STAGE, nl_key, nl)
-            result.rejections.append(Rejection(
-                stage=STAGE, item_id=track_id, reason="no_landmarks",
-                detail="the track has no rows in the frames table", source_id=tr["source_id"],
-                person_id=tr["person_id"], at=nl["at"]))
+            result.rejections.append(_rejection(
+                ws, tr, "no_landmarks", "the track has no rows in the frames table", phash))
             continue
-        key = item_key(tr["crop_sha256"] or track_id, phash, CODE_VERSIONS[STAGE])
-        record = None if force else ws.get_record(STAGE, key)
-        if record is not None:
-            result.cached += 1
-        else:
-            if model is None:
-                try:
-                    model = load_fer(params["fer_model"])
-                except ModelError as exc:
-                    raise StageError(f"label: cannot load the FER model: {exc.message}",
-                                     exc.hint or "run `dsbuilder models pull`") from None
-                if tuple(model.classes) != FER_CLASSES:
-                    raise StageError(f"label: model classes {model.classes} differ from "
-                                     f"{FER_CLASSES}", "use a 7-class FER2013-order model")
-            record, cacheable = _compute_record(ws.abspath(tr["crop_path"]), model, params)
-            if cacheable:
-                ws.put_record(STAGE, key, record)
-            result.computed += 1
-        rows, clip, rejections = _rows_from_record(record, tr, frames, params, phash)
+        if teacher is not None:
+            record = teacher.record(ws, tr, force, result)
+        else:  # no decoding: every frames row is labelled
+            record = {"at": _stable_at(ws, f"nofer\0{track_id}", phash),
+                      "crop_frames": [f["crop_frame"] for f in frames]}
+        au_table = _read_au_table(au_csvs.get(track_id))
+        rows, clip, rejections, lab = _rows_for_track(record, tr, frames, params, au_table)
         label_rows.extend(rows)
         if clip is not None:
             clip_rows.append(clip)
+            labelled.append(lab)
         result.rejections.extend(rejections)
 
-    result.rows = {"labels": label_rows, "label_clips": clip_rows}
+    segments: list[dict[str, Any]] = []
+    if params["hmm"] and params["aus"]:
+        segments = _segments(ws, labelled, params, force, result)
+    result.rows = {"labels": label_rows, "label_clips": clip_rows, "segments": segments}
     return publish(ws, result)
+
+
+class _Teacher:
+    """The FER teacher, loaded on first use, with its per-track cache records."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.params = params
+        self.fer_hash = params_hash({k: params[k] for k in LABEL_FER_PARAMS})
+        self.model = None
+
+    def _load(self):
+        from dsbuilder.labels.fer import FER_CLASSES, ModelError, load_fer
+
+        try:
+            model = load_fer(self.params["fer_model"])
+        except ModelError as exc:
+            raise StageError(f"label: cannot load the FER model: {exc.message}",
+                             exc.hint or "run `dsbuilder models pull`") from None
+        if tuple(model.classes) != FER_CLASSES:
+            raise StageError(f"label: model classes {model.classes} differ from {FER_CLASSES}",
+                             "use a 7-class FER2013-order model")
+        return model
+
+    def record(self, ws: Workspace, track: Mapping[str, Any], force: bool,
+               result: StageResult) -> dict[str, Any]:
+        key = item_key(track["crop_sha256"] or track["track_id"], self.fer_hash,
+                       CODE_VERSIONS[STAGE])
+        record = None if force else ws.get_record(STAGE, key)
+        if record is not None:
+            result.cached += 1
+            return record
+        if self.model is None:
+            self.model = self._load()
+        record, cacheable = _compute_record(ws.abspath(track["crop_path"]), self.model, self.params)
+        if cacheable:
+            ws.put_record(STAGE, key, record)
+        result.computed += 1
+        return record
+
+
+def _stable_at(ws: Workspace, what: str, phash: str) -> str:
+    """A time for a row that has no cache record of its own, kept in a tiny record so that a rerun
+    writes the same bytes."""
+    key = item_key(what, phash, CODE_VERSIONS[STAGE])
+    rec = ws.get_record(STAGE, key)
+    if rec is None:
+        rec = {"at": now_utc()}
+        ws.put_record(STAGE, key, rec)
+    return rec["at"]
+
+
+def _rejection(ws: Workspace, track: Mapping[str, Any], reason: str, detail: str,
+               phash: str) -> Rejection:
+    return Rejection(stage=STAGE, item_id=track["track_id"], reason=reason, detail=detail,
+                     source_id=track["source_id"], person_id=track["person_id"],
+                     at=_stable_at(ws, f"{reason}\0{track['track_id']}", phash))
+
+
+def _read_au_table(path: Path | None):
+    if path is None:
+        return None
+    from dsbuilder.labels.au_import import read_au_csv
+
+    try:
+        return read_au_csv(path)
+    except (OSError, ValueError) as exc:  # a bad CSV loses its AUs, not the run
+        log.error("label: AU CSV %s ignored: %s", path, exc)
+        return None
 
 
 def _compute_record(path: Path, model, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -172,62 +406,139 @@ def _compute_record(path: Path, model, params: Mapping[str, Any]) -> tuple[dict[
             "probs": [[round(float(x), 6) for x in row] for row in probs]}, True
 
 
-def _rows_from_record(record: Mapping[str, Any], track: Mapping[str, Any],
-                      frames: Mapping[int, Mapping[str, Any]], params: Mapping[str, Any],
-                      phash: str) -> tuple[list[dict], dict | None, list[Rejection]]:
+def _fer_labels(record: Mapping[str, Any], keep_cf: list[int], params: Mapping[str, Any]):
+    """Per-frame FER rows (dict per frame, without ids) and the clip summary, for the crop frames
+    ``keep_cf``."""
     from dsbuilder.labels.fer import FER_CLASSES
     from dsbuilder.labels.va import summarise_clip, valence_arousal
 
-    at = record["at"]
-    track_id, source_id, person_id = track["track_id"], track["source_id"], track["person_id"]
-    if "rejected" in record:
-        rej = record["rejected"]
-        return [], None, [Rejection(stage=STAGE, item_id=track_id, reason=rej["reason"],
-                                    detail=rej["detail"], source_id=source_id,
-                                    person_id=person_id, at=at)]
-    # keep the crop frames that the frames table knows (a clip may have an extra encoder frame)
-    pairs = [(cf, row) for cf, row in zip(record["crop_frames"], record["probs"]) if cf in frames]
-    if not pairs:
-        return [], None, [Rejection(stage=STAGE, item_id=track_id, reason="no_landmarks",
-                                    detail="no decoded crop frame matches a frames row",
-                                    source_id=source_id, person_id=person_id, at=at)]
-    probs = np.array([p for _, p in pairs], dtype=np.float64)
+    by_cf = dict(zip(record["crop_frames"], record["probs"]))
+    probs = np.array([by_cf[cf] for cf in keep_cf], dtype=np.float64)
     summary, smoothed, va_s = summarise_clip(probs, FER_CLASSES, method=params["smoothing"],
                                              frames=int(params["smooth_frames"]))
     va = valence_arousal(probs, FER_CLASSES)
-    model_name = record["model"]
-    rows = []
-    for i, (cf, _) in enumerate(pairs):
-        fr = frames[cf]
+    per_frame = []
+    for i in range(len(keep_cf)):
         k = int(probs[i].argmax())
-        rows.append({
-            "label_id": fr["frame_id"], "frame_id": fr["frame_id"], "track_id": track_id,
-            "source_id": source_id, "person_id": person_id, "frame_index": fr["frame_index"],
-            "crop_frame": cf, "t": fr["t"], "fer_probs": probs[i].tolist(),
-            "fer_probs_smoothed": smoothed[i].tolist(), "fer_argmax": FER_CLASSES[k],
-            "fer_confidence": float(probs[i, k]), "valence": float(va[i, 0]),
-            "arousal": float(va[i, 1]), "valence_smoothed": float(va_s[i, 0]),
-            "arousal_smoothed": float(va_s[i, 1]), "fer_model": model_name,
-            # AU HOOK: when dsbuilder.labels.au is integrated, add its per-frame AU columns here
-            # (geometric_aus(landmarks of this frame) -> one column per AU_GEOM_NAMES entry) and
-            # declare them in schema._label_schemas where the "AU HOOK" comment is.
-        })
-    low = summary.argmax_prob < float(params["min_clip_confidence"])
+        per_frame.append({
+            "fer_probs": probs[i].tolist(), "fer_probs_smoothed": smoothed[i].tolist(),
+            "fer_argmax": FER_CLASSES[k], "fer_confidence": float(probs[i, k]),
+            "valence": float(va[i, 0]), "arousal": float(va[i, 1]),
+            "valence_smoothed": float(va_s[i, 0]), "arousal_smoothed": float(va_s[i, 1]),
+            "fer_model": record["model"]})
     clip = {
-        "track_id": track_id, "source_id": source_id, "person_id": person_id,
-        "n_frames": summary.n_frames, "mean_probs": list(summary.mean_probs),
-        "argmax": summary.argmax, "argmax_prob": summary.argmax_prob, "entropy": summary.entropy,
+        "mean_probs": list(summary.mean_probs), "argmax": summary.argmax,
+        "argmax_prob": summary.argmax_prob, "entropy": summary.entropy,
         "agreement": summary.agreement, "mean_valence": summary.mean_valence,
         "mean_arousal": summary.mean_arousal, "std_valence": summary.std_valence,
         "std_arousal": summary.std_arousal,
-        "smoothing": f"{params['smoothing']}:{params['smooth_frames']}", "fer_model": model_name,
-        "kept": not low, "reason": "low_confidence" if low else None,
-    }
+        "smoothing": f"{params['smoothing']}:{params['smooth_frames']}",
+        "fer_model": record["model"]}
+    return per_frame, clip, summary
+
+
+def _rows_for_track(record: Mapping[str, Any], track: Mapping[str, Any],
+                    frames: list[Mapping[str, Any]], params: Mapping[str, Any], au_table
+                    ) -> tuple[list[dict], dict | None, list[Rejection], _Labelled | None]:
+    from collections import Counter
+
+    at = record["at"]
+    track_id, source_id, person_id = track["track_id"], track["source_id"], track["person_id"]
+    ids = {"track_id": track_id, "source_id": source_id, "person_id": person_id}
+
+    def rejection(reason: str, detail: str) -> Rejection:
+        return Rejection(stage=STAGE, item_id=track_id, reason=reason, detail=detail,
+                         source_id=source_id, person_id=person_id, at=at)
+
+    if "rejected" in record:
+        rej = record["rejected"]
+        return [], None, [rejection(rej["reason"], rej["detail"])], None
+    # the frames rows whose crop frame was decoded (a clip may have an extra encoder frame)
+    decoded = set(record["crop_frames"])
+    keep = [i for i, fr in enumerate(frames) if fr["crop_frame"] in decoded]
+    if not keep:
+        return [], None, [rejection("no_landmarks",
+                                    "no decoded crop frame matches a frames row")], None
+    kept_frames = [frames[i] for i in keep]
+    n = len(keep)
+    fer_frames: list[dict] = [{}] * n
+    fer_clip: dict[str, Any] = {}
+    summary = None
+    if "probs" in record:
+        fer_frames, fer_clip, summary = _fer_labels(
+            record, [fr["crop_frame"] for fr in kept_frames], params)
+    aus = clip_aus(frames, keep, params, au_table) if params["aus"] else None
+
+    rows = []
+    for i, fr in enumerate(kept_frames):
+        row = {"label_id": fr["frame_id"], "frame_id": fr["frame_id"], **ids,
+               "frame_index": fr["frame_index"], "crop_frame": fr["crop_frame"], "t": fr["t"],
+               **fer_frames[i]}
+        if aus is not None:
+            row.update({
+                "aus_geom": aus.geom[i].tolist(), "au_source": aus.source[i],
+                "aus_imported": None if aus.imported is None else aus.imported[i].tolist(),
+                "au_emotion_scores": aus.scores[i].tolist(), "au_emotion": aus.nearest[i]})
+        rows.append(row)
+
+    clip: dict[str, Any] = {**ids, "n_frames": n, **fer_clip}
+    if aus is not None:
+        (top, count), = Counter(aus.nearest).most_common(1)
+        clip.update({
+            "mean_aus_geom": np.nanmean(aus.geom, axis=0).tolist() if np.isfinite(aus.geom).any()
+            else None,
+            "au_imported_names": list(aus.imported_names) if aus.imported_names else None,
+            "mean_au_emotion_scores": aus.scores.mean(axis=0).tolist(),
+            "au_emotion": top, "au_emotion_share": count / n})
+        if fer_frames[0]:
+            agree = sum(FER_TO_FACS[f["fer_argmax"]] == e for f, e in zip(fer_frames, aus.nearest))
+            clip["fer_au_agreement"] = agree / n
+    low = summary is not None and summary.argmax_prob < float(params["min_clip_confidence"])
+    clip.update({"kept": not low, "reason": "low_confidence" if low else None})
     rejections = []
     if low:
-        rejections.append(Rejection(
-            stage=STAGE, item_id=track_id, reason="low_confidence",
-            detail=(f"mean probability of {summary.argmax} is {summary.argmax_prob:.3f} < "
-                    f"min_clip_confidence {float(params['min_clip_confidence']):g}"),
-            source_id=source_id, person_id=person_id, at=at))
-    return rows, clip, rejections
+        rejections.append(rejection(
+            "low_confidence", f"mean probability of {summary.argmax} is {summary.argmax_prob:.3f} "
+            f"< min_clip_confidence {float(params['min_clip_confidence']):g}"))
+    lab = _Labelled(track, kept_frames, aus.geom if aus is not None else None, at)
+    return rows, clip, rejections, lab
+
+
+def _segments(ws: Workspace, labelled: list[_Labelled], params: Mapping[str, Any], force: bool,
+              result: StageResult) -> list[dict[str, Any]]:
+    """Fit one HMM per person over all their labelled clips and decode every clip."""
+    by_person: dict[str, list[_Labelled]] = {}
+    for lab in labelled:
+        if lab.track["person_id"] is not None and lab.geom is not None:
+            by_person.setdefault(lab.track["person_id"], []).append(lab)
+    rows: list[dict[str, Any]] = []
+    for person_id in sorted(by_person):
+        labs = by_person[person_id]
+        n_frames = sum(len(lab.frames) for lab in labs)
+        if n_frames < int(params["hmm_min_frames"]):
+            for lab in labs:
+                result.rejections.append(Rejection(
+                    stage=STAGE, item_id=lab.track["track_id"], reason="hmm_too_few_frames",
+                    detail=(f"{person_id} has {n_frames} labelled frames in {len(labs)} clip(s) < "
+                            f"hmm_min_frames {int(params['hmm_min_frames'])}: no segments"),
+                    source_id=lab.track["source_id"], person_id=person_id, at=lab.at))
+            continue
+        fps = float(np.median([_fps(lab.frames) for lab in labs]))
+        seqs = [lab.geom for lab in labs]
+        try:
+            model, computed = fit_person_hmm(ws, person_id, seqs, fps, params, force)
+        except ValueError as exc:  # e.g. every restart degenerate: this person only
+            log.error("label: HMM for %s not fitted: %s", person_id, exc)
+            for lab in labs:
+                result.rejections.append(Rejection(
+                    stage=STAGE, item_id=lab.track["track_id"], reason="hmm_too_few_frames",
+                    detail=f"HMM could not be fitted on {n_frames} frames: {exc}",
+                    source_id=lab.track["source_id"], person_id=person_id, at=lab.at))
+            continue
+        log.info("label: %s: HMM with %d states (%s) on %d clips, %d frames%s", person_id,
+                 model.n_states, (model.selection or {}).get("criterion"), len(labs), n_frames,
+                 "" if computed else " (cached)")
+        mpath = ws.relpath(hmm_model_path(ws.root, person_id))
+        for lab in labs:
+            rows.extend(hmm_segment_rows(model, lab.track, lab.frames, lab.geom, mpath))
+    return rows
