@@ -142,21 +142,76 @@ def _stage_command(name: str):
         from dsbuilder import pipeline
 
         rec, ws = _load(recipe, workspace)
-        result = pipeline.run_stage(name, rec, ws, force=force, progress=not no_progress, **extra)
+        if extra.get("show"):
+            _show(name, rec, ws, extra["show"], extra.get("output"))
+            return
+        if extra.get("au_csv"):
+            rec.stages["label"] = {**rec.stages["label"], "au_csv": str(extra["au_csv"].resolve())}
+        result = pipeline.run_stage(name, rec, ws, force=force, progress=not no_progress,
+                                    retry_failed=extra.get("retry_failed", False))
         _print_summary([result], ws)
 
     if name == "scrape":
         command = click.option("--retry-failed", is_flag=True,
                                help="Retry items that failed transiently before.")(command)
+    if name == "faces":
+        command = click.option(
+            "--show", metavar="VIDEO", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+            help="Instead of running the stage, write a preview of VIDEO with boxes, names and "
+                 "distances drawn (non-targets pixelated), using the workspace's dictionary.")(command)
+    if name == "speakers":
+        command = click.option(
+            "--show", metavar="VIDEO", help="Instead of running the stage, write a preview per "
+            "kept track of VIDEO (a path or a source_id): its face clip and audio with the speaking "
+            "score, VAD and speaking segments drawn. Needs a finished speakers run.")(command)
+    if name in ("faces", "speakers"):
+        command = click.option(
+            "-o", "--output", type=click.Path(path_type=Path),
+            help="--show: output file (faces) or folder (speakers); default "
+                 "<workspace>/previews/.")(command)
+    if name == "label":
+        command = click.option(
+            "--au-csv", type=click.Path(exists=True, path_type=Path),
+            help="OpenFace 2.x or py-feat CSVs computed on the crop clips: a folder of "
+                 "<track_id>.csv files, or one such file (overrides stages.label.au_csv).")(command)
     doc = {"scrape": "Fetch the recipe's photos and videos, with provenance.",
            "dictionary": "Build each person's purified face dictionary and fit a match threshold.",
            "shots": "Split every scraped video into shots.",
            "faces": "Detect, track and recognise faces; write aligned crops of the targets only.",
            "speakers": "Find where target faces speak: VAD, lip-sync scoring and a voice check.",
-           "label": "Label every kept face track per frame: FER emotion probabilities and "
-                    "valence/arousal.",
+           "label": "Label every kept face track: FER probabilities, valence/arousal, action "
+                    "units with FACS emotion scores, and HMM segments per person.",
            }[name]
     return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
+
+
+def _show(stage: str, rec, ws, target, output: Path | None) -> None:
+    """``faces --show`` / ``speakers --show``: write previews instead of running the stage."""
+    previews = ws.root / "previews"
+    if stage == "faces":
+        from dsbuilder.face.preview import write_preview
+
+        from dsbuilder.media import MediaError
+
+        out = output or previews / f"{Path(target).stem}.faces.mp4"
+        try:
+            write_preview(target, out, ws, rec.stage_params("faces"))
+        except MediaError as exc:
+            raise DsbuilderError(f"cannot preview {target}: {exc.detail}",
+                                 "give a video file that PyAV/FFmpeg can decode") from None
+        click.echo(f"preview: {out}")
+        return
+    from dsbuilder.speaker.preview import tracks_of, write_speaking_preview
+
+    track_ids = tracks_of(ws, str(target))
+    if not track_ids:
+        raise DsbuilderError(f"no kept face track for {target!r}",
+                             "give a video of the recipe (its path or source_id) after running "
+                             "the faces and speakers stages")
+    folder = output or previews
+    for tid in track_ids:
+        out = write_speaking_preview(ws, tid, folder / f"{tid}.speakers.mp4")
+        click.echo(f"preview: {out}")
 
 
 for _name in STAGES:

@@ -442,3 +442,20 @@ def test_real_hamilton_clip(tmp_path):
     for t in result.tracks:
         s = shot_of(t)
         assert s.start_frame <= t.start_frame < t.end_frame <= s.end_frame
+
+
+def test_cli_show_writes_a_preview_instead_of_running_the_stage(stage_ws, video, tmp_path):
+    from conftest import run_cli
+
+    ws, _ = stage_ws
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\npeople:\n  - id: grace\n")
+    before = digest(table_path(ws, "tracks"))
+    out = tmp_path / "preview.mp4"
+    r = run_cli("faces", str(recipe), "-w", str(ws.root), "--show", str(video), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert f"preview: {out}" in r.stdout
+    assert sum(1 for _ in iter_frames(out)) == sum(SHOT_FRAMES)
+    assert digest(table_path(ws, "tracks")) == before  # the stage did not run
+    r = run_cli("faces", str(recipe), "-w", str(ws.root), "--show", str(recipe))
+    assert r.returncode == 1 and "cannot preview" in r.stderr and "hint:" in r.stderr

@@ -21,11 +21,23 @@ import numpy as np
 Box = tuple[int, int, int, int]
 
 
+def _frm():
+    """The ``face_recognition_models`` package (model file paths). It imports ``pkg_resources``,
+    whose deprecation warning says nothing to a user of ours (setuptools<82 is pinned for it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        import face_recognition_models
+
+    return face_recognition_models
+
+
 @functools.lru_cache(maxsize=None)
 def _models():
     import dlib
-    import face_recognition_models as frm
 
+    frm = _frm()
     return {
         "sp68": dlib.shape_predictor(frm.pose_predictor_model_location()),
         "sp5": dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
@@ -62,8 +74,8 @@ def _cnn():
     det = getattr(_per_thread, "cnn", None)
     if det is None:
         import dlib
-        import face_recognition_models as frm
 
+        frm = _frm()
         det = _per_thread.cnn = dlib.cnn_face_detection_model_v1(
             frm.cnn_face_detector_model_location())
     return det
