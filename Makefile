@@ -27,6 +27,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/shots.py
+	$(BIN)/python benchmarks/faces.py
+	$(BIN)/python benchmarks/speakers.py
+	$(BIN)/python benchmarks/stages.py
 
 clean-demo:
 	rm -rf recipes/demo-media workspaces/demo
