@@ -127,13 +127,14 @@ def fit(sequences: list[np.ndarray], au_names, fps: float, n_states: int | tuple
     if criterion == "heldout" and len(seqs) < 2 and lo != hi:
         raise ValueError("criterion 'heldout' needs at least 2 sequences")
     scores: dict[int, float] = {}
+    on_all: dict[int, tuple] = {}  # BIC fits are on all the data: the winner needs no refit
     for n in range(lo, hi + 1):
         if n > len(X):
             break
         if lo == hi:
             scores[n] = 0.0
         elif criterion == "bic":
-            m, ll = _fit_one(X, lengths, family, n, seed, restarts, n_iter)
+            m, ll = on_all[n] = _fit_one(X, lengths, family, n, seed, restarts, n_iter)
             if m is not None:
                 scores[n] = float(-2 * ll + _n_params(m, family, X.shape[1]) * np.log(len(X)))
         elif criterion == "heldout":
@@ -149,7 +150,7 @@ def fit(sequences: list[np.ndarray], au_names, fps: float, n_states: int | tuple
     if not scores:
         raise ValueError("no candidate model could be fitted")
     best_n = min(scores, key=lambda k: (scores[k], k))
-    model, ll = _fit_one(X, lengths, family, best_n, seed, restarts, n_iter)
+    model, ll = on_all.get(best_n) or _fit_one(X, lengths, family, best_n, seed, restarts, n_iter)
     if model is None:
         raise ValueError(f"fitting {best_n} states failed on every restart")
     shell.hmm = model
