@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dsbuilder.manifest.io import write_table
 from dsbuilder.workspace import Workspace
@@ -69,6 +70,34 @@ class StageResult:
     def summary(self) -> dict[str, Any]:
         return {"stage": self.stage, "computed": self.computed, "cached": self.cached,
                 **{t: len(r) for t, r in self.rows.items()}, "rejections": len(self.rejections)}
+
+
+def media_record(stage: str, path: Path | None, work: Callable[[Path], dict[str, Any]], *,
+                 keep_reason: bool = False) -> tuple[dict[str, Any], bool]:
+    """One item's cache record from work on a media file: ``({"at", **work(path)}, True)``.
+
+    A file that cannot be decoded (:class:`~dsbuilder.media.MediaError`) gives a cached
+    ``{"at", "rejected": {"reason", "detail"}}`` record: reason ``decode_error``, or the error's own
+    with ``keep_reason``. A file that cannot be read at all (missing, permissions, or ``path`` None)
+    gives the same record, not to be cached: it may be back on the next run. ``at`` is kept in the
+    record so that rows rebuilt from it are byte-identical.
+    """
+    from dsbuilder.media import MediaError
+
+    log = logging.getLogger(f"dsbuilder.stages.{stage}")
+    at = now_utc()
+    try:
+        if path is None:
+            raise FileNotFoundError("the sources row has no local_path")
+        return {"at": at, **work(path)}, True
+    except MediaError as exc:
+        log.warning("%s: %s rejected: %s: %s", stage, path, exc.reason, exc.detail)
+        reason = exc.reason if keep_reason else "decode_error"
+        return {"at": at, "rejected": {"reason": reason, "detail": exc.detail}}, True
+    except OSError as exc:
+        log.error("%s: cannot read %s: %s", stage, path, exc)
+        return {"at": at, "rejected": {"reason": "decode_error",
+                                       "detail": f"cannot read file: {exc}"}}, False
 
 
 def publish(ws: Workspace, result: StageResult) -> StageResult:

@@ -36,18 +36,20 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from dsbuilder.face.tracker import (FacesParams, RawTrack, ShotSpan, face_px, moving_average,
                                     smoothing_window)
 from dsbuilder.manifest.io import read_table
-from dsbuilder.media import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
+from dsbuilder.stages.base import Rejection, StageResult, media_record, publish
 from dsbuilder.workspace import Workspace, item_key
+
+if TYPE_CHECKING:  # annotations only: crops imports PyAV and OpenCV
+    from dsbuilder.face.crops import CropJob
 
 log = logging.getLogger(__name__)
 
@@ -535,23 +537,15 @@ def _compute_record(ws: Workspace, path: Path | None, source_id: str,
     A record is ``{"at", "tracks": [...]}`` or ``{"at", "rejected": {"reason", "detail"}}``. A file
     that cannot be read at all (missing, permissions) is rejected but not cached.
     """
-    at = now_utc()
-    try:
-        if path is None:
-            raise FileNotFoundError("the sources row has no local_path")
-        faces = process_video(path, shots, dictionary, params, ws.root / CLIPS_DIR,
+    def work(p: Path) -> dict[str, Any]:
+        faces = process_video(p, shots, dictionary, params, ws.root / CLIPS_DIR,
                               source_id=source_id)
-    except MediaError as exc:
-        log.warning("faces: %s rejected: %s: %s", path, exc.reason, exc.detail)
-        return {"at": at, "rejected": {"reason": "decode_error", "detail": exc.detail}}, True
-    except OSError as exc:
-        log.error("faces: cannot read %s: %s", path, exc)
-        return {"at": at, "rejected": {"reason": "decode_error",
-                                       "detail": f"cannot read file: {exc}"}}, False
-    for t in faces.tracks:
-        t.crop_path = ws.relpath(t.crop_path) if t.crop_path else None
-        t.audio_path = ws.relpath(t.audio_path) if t.audio_path else None
-    return {"at": at, "tracks": [t.to_record() for t in faces.tracks]}, True
+        for t in faces.tracks:
+            t.crop_path = ws.relpath(t.crop_path) if t.crop_path else None
+            t.audio_path = ws.relpath(t.audio_path) if t.audio_path else None
+        return {"tracks": [t.to_record() for t in faces.tracks]}
+
+    return media_record(STAGE, path, work)
 
 
 def _rows_from_record(record: Mapping[str, Any], source_id: str

@@ -47,7 +47,7 @@ from dsbuilder.manifest.io import read_table
 from dsbuilder.media import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
+from dsbuilder.stages.base import Rejection, StageResult, media_record, now_utc, publish
 from dsbuilder.workspace import Workspace, item_key
 
 log = logging.getLogger(__name__)
@@ -392,18 +392,12 @@ def _read_au_table(path: Path | None):
 
 
 def _compute_record(path: Path, model, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    at = now_utc()
-    try:
-        idx, probs = label_clip(path, model, params)
-    except MediaError as exc:
-        log.warning("label: %s rejected: %s: %s", path, exc.reason, exc.detail)
-        return {"at": at, "rejected": {"reason": "decode_error", "detail": exc.detail}}, True
-    except OSError as exc:
-        log.error("label: cannot read %s: %s", path, exc)
-        return {"at": at, "rejected": {"reason": "decode_error",
-                                       "detail": f"cannot read file: {exc}"}}, False
-    return {"at": at, "model": model.name, "crop_frames": idx,
-            "probs": [[round(float(x), 6) for x in row] for row in probs]}, True
+    def work(p: Path) -> dict[str, Any]:
+        idx, probs = label_clip(p, model, params)
+        return {"model": model.name, "crop_frames": idx,
+                "probs": [[round(float(x), 6) for x in row] for row in probs]}
+
+    return media_record(STAGE, path, work)
 
 
 def _fer_labels(record: Mapping[str, Any], keep_cf: list[int], params: Mapping[str, Any]):

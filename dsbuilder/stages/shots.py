@@ -29,7 +29,7 @@ from dsbuilder.manifest.io import read_table
 from dsbuilder.media import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
+from dsbuilder.stages.base import Rejection, StageResult, media_record, publish
 from dsbuilder.workspace import Workspace, item_key
 
 log = logging.getLogger(__name__)
@@ -207,21 +207,13 @@ def _compute_record(path: Path | None, params: Mapping[str, Any]) -> tuple[dict[
     ``at`` is kept so that rejection rows rebuilt from the cache are byte-identical. A file that cannot
     be read (missing, permissions) is rejected but not cached: it may be back on the next run.
     """
-    at = now_utc()
-    try:
-        if path is None:
-            raise FileNotFoundError("the sources row has no local_path")
-        shots = detect_shots(path, params)
-    except MediaError as exc:
-        log.warning("shots: %s rejected: %s: %s", path, exc.reason, exc.detail)
-        return {"at": at, "rejected": {"reason": exc.reason, "detail": exc.detail}}, True
-    except OSError as exc:
-        log.error("shots: cannot read %s: %s", path, exc)
-        return {"at": at, "rejected": {"reason": "decode_error",
-                                       "detail": f"cannot read file: {exc}"}}, False
-    short = sum(s.too_short for s in shots)
-    log.info("shots: %s: %d shots (%d too short)", path, len(shots), short)
-    return {"at": at, "shots": [asdict(s) for s in shots]}, True
+    def work(p: Path) -> dict[str, Any]:
+        shots = detect_shots(p, params)
+        short = sum(s.too_short for s in shots)
+        log.info("shots: %s: %d shots (%d too short)", p, len(shots), short)
+        return {"shots": [asdict(s) for s in shots]}
+
+    return media_record(STAGE, path, work, keep_reason=True)
 
 
 def _rows_from_record(record: Mapping[str, Any], source_id: str, min_shot_s: float
