@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +28,18 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "dsbuilder.cli", *args], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def add_video(ws, src: Path, source_id: str, person_id: str = "p") -> dict:
+    """Copy ``src`` into the workspace as scrape would, and return its ``sources`` row."""
+    from dsbuilder.workspace import sha256_file
+
+    dest = ws.raw / "videos" / f"{source_id}.mp4"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return {"source_id": source_id, "kind": "video", "status": "ok", "person_ids": [person_id],
+            "request_ids": ["req-1"], "sha256": sha256_file(dest), "local_path": ws.relpath(dest)}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

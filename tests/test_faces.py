@@ -8,13 +8,14 @@ is made from a flipped, differently cropped copy of the Grace Hopper portrait.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import wave
 from pathlib import Path
 
 import numpy as np
+import conftest
 import pytest
+from conftest import digest
 
 from dsbuilder import synth
 from dsbuilder.config import STAGE_PARAMS, stage_defaults
@@ -75,15 +76,7 @@ def make_recipe(ws: Path, **faces_params) -> Recipe:
 
 
 def add_video(ws: Workspace, src: Path, source_id: str) -> dict:
-    dest = ws.raw / "videos" / f"{source_id}.mp4"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    return {"source_id": source_id, "kind": "video", "status": "ok", "person_ids": ["grace"],
-            "request_ids": ["req-1"], "sha256": sha256_file(dest), "local_path": ws.relpath(dest)}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return conftest.add_video(ws, src, source_id, person_id="grace")
 
 
 def wav_samples(path: Path) -> tuple[np.ndarray, int]:

@@ -226,7 +226,6 @@ def test_every_failure_is_a_rejection_row(main_run, server):
     for r in rejections:
         assert r["stage"] == "scrape" and r["at"] is not None
         got.setdefault(r["reason"], []).append(r)
-    u = server.url
 
     def one(reason, needle):
         hits = [r for r in got.get(reason, []) if needle in r["detail"]]

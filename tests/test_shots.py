@@ -3,12 +3,12 @@ variable frame rates), bad files as rejections, the per-video cache, and real cl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import add_video, digest
 
 from dsbuilder import synth
 from dsbuilder.config import STAGE_PARAMS, stage_defaults
@@ -19,7 +19,7 @@ from dsbuilder.recipe import Recipe
 from dsbuilder.shots_detectors import DETECTORS, create_detector, resolved_threshold
 from dsbuilder.stages import shots as shots_stage
 from dsbuilder.stages.shots import Shot, detect_shots
-from dsbuilder.workspace import Workspace, sha256_file
+from dsbuilder.workspace import Workspace
 
 REAL_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "video"
 SIZE = (240, 320)  # (h, w) of the synthetic videos
@@ -220,19 +220,6 @@ def test_video_without_cuts_is_one_shot(tmp_path):
 def make_recipe(ws: Path, **shots_params) -> Recipe:
     return Recipe(path=ws / "recipe.yaml", name="t", workspace=ws, people=[], licences={},
                   limits={}, stages={"shots": {**stage_defaults("shots"), **shots_params}})
-
-
-def add_video(ws: Workspace, src: Path, source_id: str) -> dict:
-    """Copy ``src`` into the workspace as scrape would, and return its ``sources`` row."""
-    dest = ws.raw / "videos" / f"{source_id}.mp4"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dest)
-    return {"source_id": source_id, "kind": "video", "status": "ok", "person_ids": ["p"],
-            "request_ids": ["req-1"], "sha256": sha256_file(dest), "local_path": ws.relpath(dest)}
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_stage_rows_rejections_cache_and_param_change(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from dsbuilder.config import stage_defaults
 from dsbuilder.face import api
 from dsbuilder.manifest.io import read_table, write_table
 from dsbuilder.recipe import Recipe
-from dsbuilder.speaker import CorrelationScorer, Gates, decide, mouth_features
+from dsbuilder.speaker import Gates, decide, mouth_features
 from dsbuilder.speaker.voice import (MfccEmbedder, consensus_distances, load_embedder,
                                      resemblyzer_weights, voice_outliers)
 from dsbuilder.stages import speakers
