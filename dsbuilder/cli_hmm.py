@@ -45,12 +45,6 @@ def _track_sequences(ws, person: str | None = None, track: str | None = None):
     return out
 
 
-def _fps(rows) -> float:
-    from dsbuilder.stages.label import _fps as fps
-
-    return fps(rows)
-
-
 def _aus(rows, baseline: str):
     from dsbuilder.stages.label import geometric_track_aus
 
@@ -87,7 +81,7 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     from dsbuilder.labels.au import AU_GEOM_NAMES
     from dsbuilder.manifest.io import read_table, write_table
     from dsbuilder.recipe import params_hash
-    from dsbuilder.stages.label import hmm_model_path, hmm_segment_rows
+    from dsbuilder.stages.label import frames_fps, hmm_model_path, hmm_segment_rows
     from dsbuilder.workspace import Workspace
 
     ws = Workspace.open(workspace)
@@ -95,7 +89,7 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     if not seqs:
         raise DsbuilderError(f"no kept tracks with frames for person {person!r}",
                              "run the faces stage first, or check --person against the tracks table")
-    fps = float(np.median([_fps(rows) for _, rows in seqs]))
+    fps = float(np.median([frames_fps(rows) for _, rows in seqs]))
     X = [_aus(rows, baseline) for _, rows in seqs]
     model = H.fit(X, AU_GEOM_NAMES, fps=fps, n_states=(min_states, max_states), family=family,
                   criterion=criterion, restarts=restarts, seed=seed)
@@ -229,6 +223,7 @@ def hmm_animate(csv_path: Path | None, workspace: Path | None, track: str | None
     from dsbuilder.errors import DsbuilderError
     from dsbuilder.labels.au import AU_GEOM_NAMES
     from dsbuilder.labels.schematic import animate
+    from dsbuilder.stages.label import frames_fps
     from dsbuilder.workspace import Workspace
 
     if output.suffix.lower() not in (".gif", ".mp4"):
@@ -242,7 +237,8 @@ def hmm_animate(csv_path: Path | None, workspace: Path | None, track: str | None
         if not seqs:
             raise DsbuilderError(f"no frames for track {track!r}", "check the frames table")
         rows = seqs[0][1]
-        vals, names, data_fps = _aus(rows, DEFAULTS["baseline"]), list(AU_GEOM_NAMES), _fps(rows)
+        vals, names, data_fps = (_aus(rows, DEFAULTS["baseline"]), list(AU_GEOM_NAMES),
+                                  frames_fps(rows))
     if not len(vals):
         raise DsbuilderError("the AU sequence is empty", "pass a CSV with at least one row")
     fps = fps or data_fps or 25.0

@@ -192,7 +192,8 @@ def find_au_csvs(au_csv: str | None, track_ids) -> dict[str, Path]:
 
 # --- HMM segments -----------------------------------------------------------------------------------
 
-def _fps(frames: list[Mapping[str, Any]]) -> float:
+def frames_fps(frames: list[Mapping[str, Any]]) -> float:
+    """Frame rate of a track from its rows' times (median step; 25 when it cannot be told)."""
     t = np.array([r["t"] for r in frames], dtype=np.float64)
     dt = np.diff(t)
     dt = dt[dt > 0]
@@ -517,7 +518,7 @@ def _segments(ws: Workspace, labelled: list[_Labelled], params: Mapping[str, Any
                             f"hmm_min_frames {int(params['hmm_min_frames'])}: no segments"),
                     source_id=lab.track["source_id"], person_id=person_id, at=lab.at))
             continue
-        fps = float(np.median([_fps(lab.frames) for lab in labs]))
+        fps = float(np.median([frames_fps(lab.frames) for lab in labs]))
         seqs = [lab.geom for lab in labs]
         try:
             model, computed = fit_person_hmm(ws, person_id, seqs, fps, params, force)
