@@ -43,3 +43,27 @@ def add_video(ws, src: Path, source_id: str, person_id: str = "p") -> dict:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def hamilton_workspace(shared_media, tmp_path_factory):
+    """The whole pipeline (scrape ... label) on short_hamilton_clip.mp4 with the reference photos of
+    Lin-Manuel Miranda (whose video it is) and Alex Lacamoire; shared by the real-media acceptance
+    tests of several stages."""
+    from dsbuilder import pipeline
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.workspace import Workspace
+
+    tmp = tmp_path_factory.mktemp("hamilton")
+    people = shared_media / "people"
+    recipe_path = tmp / "hamilton.yaml"
+    recipe_path.write_text(
+        "name: hamilton\n"
+        "people:\n"
+        f"  - id: lin\n    photos: [{people / 'lin-manuel-miranda.png'}]\n"
+        f"    videos: [{shared_media / 'video' / 'short_hamilton_clip.mp4'}]\n"
+        f"  - id: alex\n    photos: [{people / 'alex-lacamoire.png'}]\n")
+    recipe = load_recipe(recipe_path, tmp / "ws")
+    ws = Workspace.open(tmp / "ws")
+    pipeline.run(recipe, ws, progress=False)
+    return ws

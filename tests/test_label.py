@@ -315,25 +315,12 @@ def test_real_openface_csv_aligned_to_a_clip(workspace, tmp_path, shared_media):
 
 
 @pytest.mark.realmedia
-def test_real_hamilton_every_kept_clip_is_labelled(tmp_path, shared_media):
+def test_real_hamilton_every_kept_clip_is_labelled(hamilton_workspace):
     """Issue 5's acceptance run: the whole pipeline on short_hamilton_clip.mp4; every kept clip has
     FER, valence/arousal, AU and HMM segment rows."""
-    from dsbuilder import pipeline
     from dsbuilder.manifest.qa import validate
-    from dsbuilder.recipe import load_recipe
 
-    people = shared_media / "people"
-    recipe_path = tmp_path / "hamilton.yaml"
-    recipe_path.write_text(
-        "name: hamilton\n"
-        "people:\n"
-        f"  - id: lin\n    photos: [{people / 'lin-manuel-miranda.png'}]\n"
-        f"    videos: [{shared_media / 'video' / 'short_hamilton_clip.mp4'}]\n"
-        f"  - id: alex\n    photos: [{people / 'alex-lacamoire.png'}]\n")
-    recipe = load_recipe(recipe_path, tmp_path / "ws")
-    ws = Workspace.open(tmp_path / "ws")
-    pipeline.run(recipe, ws, progress=False)
-
+    ws = hamilton_workspace
     kept = {r["track_id"] for r in read_table(ws, "tracks").to_pylist() if r["kept"]}
     assert kept
     clips = {r["track_id"]: r for r in read_table(ws, "label_clips").to_pylist()}

@@ -370,8 +370,9 @@ def _real(name: str) -> Path:
 
 
 def _landmarks(path: Path, t0: float, t1: float):
-    """Detection + 68 landmarks of the largest face on every frame in [t0, t1) (the faces stage has
-    not landed: dsbuilder/stages/faces.py is absent)."""
+    """Detection + 68 landmarks of the largest face on every frame in [t0, t1): the scorer judged on
+    exact spans, independent of what the faces stage keeps (it rejects the audience as not_target,
+    so only this path scores an audience face)."""
     from dsbuilder.media import iter_frames
 
     T, L, Y, B = [], [], [], []
@@ -408,3 +409,19 @@ def test_real_single_face_is_silent():
     path = _real("single_face.mp4")
     r = _judge_real(path, 0.0, 2.4)
     assert not r["speaking"] and r["reason"] == "silent"
+
+
+@pytest.mark.realmedia
+def test_real_hamilton_through_the_stages(hamilton_workspace):
+    """scrape ... speakers on the real clip: Lin's kept close-up track (3.6-7.9 s) has speaking
+    segments at a small offset over much of the shot, and no speech row belongs to anyone else."""
+    ws = hamilton_workspace
+    tracks = {t["track_id"]: t for t in read_table(ws, "tracks").to_pylist() if t["kept"]}
+    close_up = [t for t in tracks.values() if t["person_id"] == "lin"
+                and t["start_s"] >= 3.5 and t["end_s"] <= 8.0 and t["n_frames"] >= 60]
+    assert close_up, tracks
+    speech = read_table(ws, "speech").to_pylist()
+    assert {s["track_id"] for s in speech} <= set(tracks)
+    mine = [s for s in speech if s["track_id"] == close_up[0]["track_id"] and s["speaking"]]
+    assert mine and all(abs(s["av_offset_frames"]) <= 5 for s in mine), speech
+    assert sum(s["n_frames"] for s in mine) >= 0.4 * close_up[0]["n_frames"], mine
