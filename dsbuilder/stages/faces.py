@@ -303,7 +303,7 @@ def judge(raw: RawTrack, dictionary: Dictionary, p: FacesParams, *, keep_geometr
             reason = "profile_pose"
             detail = f"|median yaw| {abs(median_yaw):.1f} deg > max_yaw_deg {float(p.max_yaw_deg):g}"
         else:
-            embeddings = [api.embed(s.chip, s.box) for s in raw.samples]
+            embeddings = list(api.embed_many([(s.chip, s.box) for s in raw.samples]))
             n_emb = len(embeddings)
             identity = dictionary.identify(embeddings, p.match_threshold)
             if identity.person_id is None:
