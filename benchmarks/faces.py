@@ -191,7 +191,7 @@ def child_naive(video: Path, dictionary: Path) -> dict:
     for _, _, rgb in iter_frames(video, fmt="rgb24"):
         n_frames += 1
         for det in api.detect(rgb, "hog", upsample=1):
-            emb = api.embed(rgb, det.box)
+            emb = api.embed(rgb, det.box, engine="dlib")  # face_recognition's way: dlib itself
             dist = api.distance(emb, d["embeddings"])[0]
             n_faces += 1
             n_matched += bool((dist <= d["thresholds"]).any())

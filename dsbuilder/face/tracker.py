@@ -63,10 +63,22 @@ from dsbuilder.media import MediaError
 #: (seconds), so that a small face entering mid-shot is found.
 UPSAMPLE_PROBE_S = 2.0
 
-#: Threads that run detections ahead of the main loop (dlib's HOG releases the GIL). The main thread
-#: (landmarks, embeddings: they hold the GIL) needs a core of its own: measured on 2 cores, one
-#: detection thread is faster than two.
-DETECT_THREADS = max(1, min(2, (os.cpu_count() or 2) - 1))
+#: Threads that run detections ahead of the main loop (dlib's HOG releases the GIL); None: decided by
+#: :func:`detect_threads`.
+DETECT_THREADS: int | None = None
+
+
+def detect_threads() -> int:
+    """Measured on 2 cores (benchmarks/RESULTS.md, faces): while dlib's embeddings held the GIL in
+    the main thread, it needed a core of its own and one detection thread was faster; with the torch
+    embeddings (:mod:`dsbuilder.face.api`), two are (2.5 s against 2.9 s on the Hamilton clip)."""
+    from dsbuilder.face import api
+
+    if DETECT_THREADS:
+        return DETECT_THREADS
+    cores = os.cpu_count() or 2
+    return max(1, min(2, cores if api._torch_installed() else cores - 1))
+
 
 #: Face chips kept for identification are downscaled so that the face is at most this many pixels
 #: (dlib's embedding network looks at a 150 px chip in which the face spans about 100 px).
@@ -681,7 +693,7 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
     spec = DETECTORS[p.detector]
     spans = sorted(shots, key=lambda s: s.start_frame)
     decoded = iter_video(path)
-    pool = ThreadPoolExecutor(max_workers=DETECT_THREADS, thread_name_prefix="face-detect")
+    pool = ThreadPoolExecutor(max_workers=detect_threads(), thread_name_prefix="face-detect")
     try:
         info, first = next(decoded)
         # the detection frame: downscaled to detect_width (never upscaled), even height
