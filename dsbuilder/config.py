@@ -139,8 +139,9 @@ STAGE_PARAMS["faces"] = {
     "detect_fps": Param((int, float), 5.0, "detection rate; frames between are tracked",
                         min=0.5, max=60.0),
     "detect_width": Param(int, 640, "frames are downscaled to this width for detection", min=160),
-    "upsample_below_px": Param(int, 60, "when the last detections were smaller than this (in the "
-                               "detection frame), detect with one upsampling", min=0),
+    "upsample_below_px": Param(int, 60, "tracked faces smaller than this (in the detection frame) "
+                               "are re-detected with one upsampling, in a region around each; whole "
+                               "frames are upsampled at a shot's start and every 2 s", min=0),
     "track_iou": Param((int, float), 0.3, "minimum IoU to continue a track", min=0.0, max=1.0),
     "max_gap_s": Param((int, float), 0.5, "a track with no detection for longer ends", min=0.0),
     "min_track_s": Param((int, float), 0.5, "shorter tracks are rejected (track_too_short)",

@@ -63,6 +63,10 @@ from dsbuilder.media import MediaError
 #: (seconds), so that a small face entering mid-shot is found.
 UPSAMPLE_PROBE_S = 2.0
 
+#: A tracked face smaller than ``upsample_below_px`` is re-detected, upsampled, in a region of its
+#: box plus this many face sizes on every side (not in the whole frame: 4x the pixels).
+SMALL_FACE_MARGIN = 1.0
+
 #: Threads that run detections ahead of the main loop (dlib's HOG releases the GIL); None: decided by
 #: :func:`detect_threads`.
 DETECT_THREADS: int | None = None
@@ -506,8 +510,9 @@ class _Schedule:
 
     Decided from frame times alone (not from the tracks), so it can run ahead of the main loop: a
     shot's first frame is detected with upsampling, then a frame every ``1 / detect_fps`` seconds, with
-    upsampling again every :data:`UPSAMPLE_PROBE_S` seconds (the "probe" for small faces). The other
-    reason to upsample, a small face in sight, depends on the tracks and is decided by the main loop.
+    upsampling again every :data:`UPSAMPLE_PROBE_S` seconds (the "probe" for small faces, new ones
+    included). Between probes, faces in sight that are small are re-detected upsampled in a region
+    around each (:func:`_with_small_faces`): that depends on the tracks and is done by the main loop.
     """
 
     def __init__(self, p: FacesParams):
@@ -551,6 +556,28 @@ def _run_detection(spec: DetectorSpec, image: np.ndarray, upsample: int, scale: 
     return (np.array([d.box for d in dets], np.float64) * scale).astype(np.float32)
 
 
+def _with_small_faces(spec: DetectorSpec, image: np.ndarray, boxes: np.ndarray, small: np.ndarray,
+                      scale: float) -> np.ndarray:
+    """``boxes`` (a detection of the whole ``image`` without upsampling, source pixels) plus what an
+    upsampled detection finds in a region around each ``small`` tracked face (the face and
+    :data:`SMALL_FACE_MARGIN` times its size on every side). A region's box that overlaps a box
+    already found (IoU > :data:`DUPLICATE_IOU`) is the same face and is dropped."""
+    h, w = image.shape[:2]
+    out = [b for b in np.asarray(boxes, np.float32).reshape(-1, 4)]
+    for box in np.asarray(small, np.float64) / scale:
+        m = SMALL_FACE_MARGIN * float(face_px(box)[0])
+        x0, y0 = max(0, int(box[0] - m)), max(0, int(box[1] - m))
+        x1, y1 = min(w, int(math.ceil(box[2] + m))), min(h, int(math.ceil(box[3] + m)))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            continue
+        found = _run_detection(spec, np.ascontiguousarray(image[y0:y1, x0:x1]), 1, 1.0)
+        for b in found + np.array([x0, y0, x0, y0], np.float32):
+            b = (b * scale).astype(np.float32)
+            if not out or box_iou(b[None], np.stack(out)).max() <= DUPLICATE_IOU:
+                out.append(b)
+    return np.stack(out) if out else np.zeros((0, 4), np.float32)
+
+
 def _associate(track_boxes: np.ndarray, det_boxes: np.ndarray, min_iou: float
                ) -> list[tuple[int, int]]:
     """Hungarian assignment of detections to tracks on IoU; pairs below ``min_iou`` are refused."""
@@ -572,9 +599,10 @@ class _Tracker:
         self.live: list[_LiveTrack] = []
         self.done: list[RawTrack] = []
 
-    def smallest_face(self, shot: ShotSpan) -> float:
-        """The smallest live face of ``shot``, in source pixels (inf when there is none)."""
-        return min((float(face_px(t.box)[0]) for t in self.live if t.shot is shot), default=math.inf)
+    def small_faces(self, shot: ShotSpan, below_px: float) -> np.ndarray:
+        """Boxes ``(k, 4)`` (source pixels) of the live faces of ``shot`` smaller than ``below_px``."""
+        boxes = [t.box for t in self.live if t.shot is shot and float(face_px(t.box)[0]) < below_px]
+        return np.array(boxes, np.float64).reshape(-1, 4)
 
     def end(self, track: _LiveTrack, keep: int | None, end_s: float, why: str) -> None:
         """End ``track``, keeping its first ``keep`` frames (all when None)."""
@@ -723,18 +751,6 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
 
         small_px = int(p.upsample_below_px)
 
-        def small_faces_expected(shot: ShotSpan) -> bool:
-            """A guess, for running ahead: will this shot's next detection need upsampling? From the
-            live tracks and the latest finished detection of the shot. (Only what is computed ahead
-            depends on it, never the result: the main loop checks, and re-detects if it was wrong.)"""
-            if tracker.smallest_face(shot) / det_scale < small_px:
-                return True
-            for item in reversed(pending):
-                if item.shot is shot and item.future is not None and item.future.done():
-                    boxes = item.future.result()
-                    return bool(len(boxes)) and float(face_px(boxes).min()) / det_scale < small_px
-            return False
-
         def refill() -> None:
             """Decode ahead; submit the detections of frames the schedule picks."""
             while len(pending) < lookahead:
@@ -745,8 +761,6 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
                 if item.shot is not None:
                     upsample = schedule.plan(frame, item.shot)
                     if upsample is not None:
-                        if upsample == 0 and small_px > 0 and small_faces_expected(item.shot):
-                            upsample = 1
                         item.upsample = upsample
                         item.image = frame.for_detection(det_w, det_h, spec.pixel_format)
                         item.future = pool.submit(_run_detection, spec, item.image, upsample,
@@ -761,11 +775,12 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
             tracker.leave_shot(shot)
             if shot is not None and item.future is not None:
                 boxes = item.future.result()
-                # upsample on the schedule's probes, and while a face in sight is small (exact rule,
-                # on the tracks as they are now); if the detection run ahead guessed otherwise, redo it
-                needed = int(item.probe or tracker.smallest_face(shot) / det_scale < small_px)
-                if item.upsample != needed:
-                    boxes = _run_detection(spec, item.image, needed, det_scale)
+                if small_px > 0 and not item.upsample:
+                    # faces in sight that are small: detected again, upsampled, around each of them
+                    # (on the tracks as they are now, so the result never depends on the look-ahead)
+                    small = tracker.small_faces(shot, small_px * det_scale)
+                    if len(small):
+                        boxes = _with_small_faces(spec, item.image, boxes, small, det_scale)
                 tracker.detection(frame, shot, boxes)
             elif shot is not None:
                 tracker.follow_all(frame)

@@ -13,7 +13,7 @@ CODE_VERSIONS = {
     "scrape": "1",
     "dictionary": "1",
     "shots": "1",
-    "faces": "1",
+    "faces": "2",
     "speakers": "1",
     "label": "2",
 }
