@@ -35,6 +35,7 @@ Scoring (:func:`emotion_scores`)
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -158,13 +159,30 @@ def emotion_score_matrix(au_values, au_names, prototypes: dict[str, tuple[str, .
     ``scipy.linalg.subspace_angles`` would do; the tests check both agree). Negative and NaN values
     count as 0 (absent); an all-zero frame scores 0 everywhere.
     """
-    prototypes = PROTOTYPES if prototypes is None else prototypes
     vals = np.nan_to_num(np.atleast_2d(np.asarray(au_values, dtype=np.float64)), nan=0.0)
     vals = np.maximum(vals, 0.0)
+    items = tuple((e, tuple(codes)) for e, codes in (PROTOTYPES if prototypes is None
+                                                      else prototypes).items())
+    emotions, to_axes, bases = _prototype_bases(tuple(au_names), items, mode)
+    if to_axes.shape[0] != vals.shape[1]:
+        raise ValueError(f"{vals.shape[1]} values for {to_axes.shape[0]} AU names")
+    x = vals @ to_axes
+    norms = np.linalg.norm(x, axis=1)
+    unit = np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 1e-12)
+    out = np.zeros((len(x), len(emotions)))
+    for j, qs in enumerate(bases):
+        for q in qs:
+            out[:, j] = np.maximum(out[:, j], np.linalg.norm(unit @ q, axis=1))
+    return emotions, np.minimum(out, 1.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _prototype_bases(au_names: tuple[str, ...], prototypes: tuple[tuple[str, tuple[str, ...]], ...],
+                     mode: str) -> tuple[tuple[str, ...], np.ndarray, list[list[np.ndarray]]]:
+    """For AU columns ``au_names``: the emotions, the column -> FACS-axis map, and an orthonormal
+    basis of every prototype subspace per emotion (parsed and factorised once per column set)."""
     numbers = _au_axis(au_names)
-    if len(numbers) != vals.shape[1]:
-        raise ValueError(f"{vals.shape[1]} values for {len(numbers)} AU names")
-    parsed = {e: [parse_facs(c) for c in codes] for e, codes in prototypes.items()}
+    parsed = {e: [parse_facs(c) for c in codes] for e, codes in prototypes}
     all_aus = sorted({a for ns in numbers for a in ns}
                      | {t.au for ps in parsed.values() for p in ps for t in p})
     axes = {a: i for i, a in enumerate(all_aus)}
@@ -173,15 +191,9 @@ def emotion_score_matrix(au_values, au_names, prototypes: dict[str, tuple[str, .
     for i, ns in enumerate(numbers):
         for a in ns:
             to_axes[i, axes[a]] = 1.0
-    x = vals @ to_axes
-    norms = np.linalg.norm(x, axis=1)
-    unit = np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 1e-12)
-    out = np.zeros((len(x), len(parsed)))
-    for j, protos in enumerate(parsed.values()):
-        for terms in protos:
-            q, _ = np.linalg.qr(_basis(terms, axes, mode))
-            out[:, j] = np.maximum(out[:, j], np.linalg.norm(unit @ q, axis=1))
-    return tuple(parsed), np.minimum(out, 1.0)
+    bases = [[np.linalg.qr(_basis(terms, axes, mode))[0] for terms in protos]
+             for protos in parsed.values()]
+    return tuple(parsed), to_axes, bases
 
 
 def emotion_scores(au_values, au_names, prototypes: dict[str, tuple[str, ...]] | None = None,
