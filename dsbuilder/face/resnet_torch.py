@@ -494,14 +494,9 @@ def embed_chips(chips: np.ndarray, batch_size: int = 32, path: str | Path | None
     net = load_dlib_resnet(path)
     x = chips_to_tensor(chips)
     out = np.empty((x.shape[0], EMBEDDING_DIM), dtype=np.float32)
-    prev = torch.get_num_threads()
-    if num_threads and num_threads != prev:
-        torch.set_num_threads(num_threads)
-    try:
-        with torch.inference_mode():
-            for start in range(0, x.shape[0], batch_size):
-                out[start:start + batch_size] = net(x[start:start + batch_size]).numpy()
-    finally:
-        if torch.get_num_threads() != prev:
-            torch.set_num_threads(prev)
+    from dsbuilder.torch_threads import torch_threads
+
+    with torch_threads(num_threads), torch.inference_mode():
+        for start in range(0, x.shape[0], batch_size):
+            out[start:start + batch_size] = net(x[start:start + batch_size]).numpy()
     return out

@@ -434,15 +434,10 @@ class TorchFer:
         x = preprocess(batch)
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        prev = torch.get_num_threads()
-        if self.num_threads and self.num_threads != prev:
-            torch.set_num_threads(self.num_threads)
-        try:
-            with torch.inference_mode():
-                y = self.module(torch.from_numpy(x)[:, None])
-        finally:
-            if torch.get_num_threads() != prev:
-                torch.set_num_threads(prev)
+        from dsbuilder.torch_threads import torch_threads
+
+        with torch_threads(self.num_threads), torch.inference_mode():
+            y = self.module(torch.from_numpy(x)[:, None])
         return y.numpy().astype(np.float32)
 
     def export_onnx(self, path: str | Path) -> Path:

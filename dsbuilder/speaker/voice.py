@@ -126,7 +126,6 @@ class ResemblyzerEmbedder(VoiceEmbedder):
         if weights is None:
             raise ImportError("Resemblyzer's pretrained.pt not found: "
                               "pip install --no-deps resemblyzer==0.1.4 (and torch)")
-        torch.set_num_threads(1)
 
         class _Net(nn.Module):
             def __init__(self):
@@ -157,7 +156,9 @@ class ResemblyzerEmbedder(VoiceEmbedder):
         if len(mel) - PARTIAL - starts[-1] > PARTIAL_STEP // 2:
             starts.append(len(mel) - PARTIAL)
         batch = np.stack([mel[s:s + PARTIAL] for s in starts])
-        with self.torch.no_grad():
+        from dsbuilder.torch_threads import torch_threads
+
+        with torch_threads(1), self.torch.no_grad():  # a small LSTM: one thread is fastest
             e = self.net(self.torch.from_numpy(batch)).numpy().mean(axis=0)
         return (e / (np.linalg.norm(e) or 1.0)).astype(np.float32)
 
