@@ -119,6 +119,43 @@ class CropFiles:
     n_samples: int
 
 
+class AacWriter:
+    """Mono float32 samples -> AAC packets muxed into ``out`` (an open PyAV output container), in
+    whole codec frames from the first sample on; :meth:`close` encodes the rest and flushes."""
+
+    def __init__(self, out: Any, rate: int):
+        self.out, self.rate = out, rate
+        self.stream = out.add_stream("aac", rate=rate, layout="mono")
+        self.frame_size = self.stream.codec_context.frame_size or 1024
+        self.buf = np.zeros(0, np.float32)
+        self.pts = 0  # samples encoded so far
+
+    def write(self, samples: np.ndarray) -> None:
+        self.buf = np.concatenate([self.buf, np.asarray(samples, np.float32)])
+        n = self.frame_size
+        while len(self.buf) >= n:
+            self._encode(self.buf[:n])
+            self.buf = self.buf[n:]
+
+    def close(self) -> None:
+        if len(self.buf):
+            self._encode(self.buf)
+            self.buf = self.buf[:0]
+        for packet in self.stream.encode(None):
+            self.out.mux(packet)
+
+    def _encode(self, chunk: np.ndarray) -> None:
+        import av
+
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None, :]), format="fltp",
+                                           layout="mono")
+        frame.sample_rate = self.rate
+        frame.pts = self.pts
+        self.pts += len(chunk)
+        for packet in self.stream.encode(frame):
+            self.out.mux(packet)
+
+
 class _ClipWriter:
     """Encodes one track's crop clip and audio as frames and samples arrive."""
 
@@ -149,10 +186,7 @@ class _ClipWriter:
             self.wav.setnchannels(1)
             self.wav.setsampwidth(2)
             self.wav.setframerate(rate)
-            self.aac = self.out.add_stream("aac", rate=rate, layout="mono")
-            self.aac_frame = self.aac.codec_context.frame_size or 1024
-            self.aac_buf = np.zeros(0, np.float32)
-            self.aac_pts = 0
+            self.aac = AacWriter(self.out, rate)
 
     # --- video ------------------------------------------------------------------------------
     def wants(self, t: float, tol: float) -> int | None:
@@ -202,22 +236,7 @@ class _ClipWriter:
         pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
         self.wav.writeframes(pcm.tobytes())
         self.written += len(samples)
-        self.aac_buf = np.concatenate([self.aac_buf, samples.astype(np.float32)])
-        n = self.aac_frame
-        while len(self.aac_buf) >= n:
-            self._encode_aac(self.aac_buf[:n])
-            self.aac_buf = self.aac_buf[n:]
-
-    def _encode_aac(self, chunk: np.ndarray) -> None:
-        import av
-
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None, :]), format="fltp",
-                                           layout="mono")
-        frame.sample_rate = self.rate
-        frame.pts = self.aac_pts
-        self.aac_pts += len(chunk)
-        for packet in self.aac.encode(frame):
-            self.out.mux(packet)
+        self.aac.write(samples)
 
     @property
     def video_done(self) -> bool:
@@ -232,11 +251,7 @@ class _ClipWriter:
         if self.wav is not None:
             if self.written < self.n_samples:
                 self._write_samples(np.zeros(self.n_samples - self.written, np.float32))
-            if len(self.aac_buf):
-                self._encode_aac(self.aac_buf)
-                self.aac_buf = self.aac_buf[:0]
-            for packet in self.aac.encode(None):
-                self.out.mux(packet)
+            self.aac.close()
             self.wav.close()
         for packet in self.vs.encode(None):
             self.out.mux(packet)

@@ -300,32 +300,25 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 
 class _AacTrack:
-    """Mono float32 samples -> AAC packets, fed up to a time so that audio and video interleave."""
+    """A track's mono samples fed to AAC up to a time, so that audio and video interleave."""
 
     def __init__(self, out: Any, samples: np.ndarray, rate: int):
-        self.out, self.samples, self.rate = out, samples, rate
-        self.stream = out.add_stream("aac", rate=rate, layout="mono")
-        self.chunk = self.stream.codec_context.frame_size or 1024
+        from dsbuilder.face.crops import AacWriter
+
+        self.samples, self.rate = samples, rate
+        self.writer = AacWriter(out, rate)
         self.pos = 0
 
     def until(self, t: float) -> None:
-        """Encode whole AAC frames up to ``t`` seconds (everything left when ``t`` is inf)."""
-        import av
-
+        """Hand the samples up to ``t`` seconds (all of them when ``t`` is inf) to the encoder."""
         end = len(self.samples) if math.isinf(t) else min(len(self.samples), int(t * self.rate))
-        while self.pos < end and (end - self.pos >= self.chunk or math.isinf(t)):
-            chunk = self.samples[self.pos:self.pos + self.chunk]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk[None, :]), format="fltp",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = self.rate, self.pos
-            self.pos += len(chunk)
-            for packet in self.stream.encode(frame):
-                self.out.mux(packet)
+        if end > self.pos:
+            self.writer.write(self.samples[self.pos:end])
+            self.pos = end
 
     def close(self) -> None:
         self.until(math.inf)
-        for packet in self.stream.encode(None):
-            self.out.mux(packet)
+        self.writer.close()
 
 
 def write_speaking_preview(ws: Workspace, track_id: str, out_path: Path) -> Path:
