@@ -72,6 +72,22 @@ class StageResult:
                 **{t: len(r) for t, r in self.rows.items()}, "rejections": len(self.rejections)}
 
 
+def first_time(ws: Workspace, stage: str, what: str, params_hash: str, *,
+               force: bool = False) -> str:
+    """When the item ``what`` was first decided (kept in a tiny cache record, so that a row with no
+    cache record of its own keeps its time and a rerun writes the same bytes). ``force`` takes a new
+    time."""
+    from dsbuilder.stages import CODE_VERSIONS
+    from dsbuilder.workspace import item_key
+
+    key = item_key(what, params_hash, CODE_VERSIONS[stage])
+    record = None if force else ws.get_record(stage, key)
+    if record is None:
+        record = {"at": now_utc()}
+        ws.put_record(stage, key, record)
+    return record["at"]
+
+
 def media_record(stage: str, path: Path | None, work: Callable[[Path], dict[str, Any]], *,
                  keep_reason: bool = False) -> tuple[dict[str, Any], bool]:
     """One item's cache record from work on a media file: ``({"at", **work(path)}, True)``.

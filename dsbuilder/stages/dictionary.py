@@ -53,7 +53,7 @@ from dsbuilder.face.identity import fit_threshold, purify
 from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Person, Recipe, params_hash
 from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
+from dsbuilder.stages.base import Rejection, StageResult, first_time, now_utc, publish
 from dsbuilder.workspace import Workspace, item_key
 
 log = logging.getLogger(__name__)
@@ -458,9 +458,9 @@ def _fit_person(d: PersonDictionary, dicts: list[PersonDictionary],
             detail += f"; ambiguous identity ({d.ambiguous})"
         log.warning("dictionary: %s: %s; this person will not be identified in videos", pid,
                     detail)
+        at = first_time(ws, STAGE, f"person\0{pid}", phash, force=force)
         result.rejections.append(Rejection(stage=STAGE, item_id=pid, reason="no_kept_face",
-                                           detail=detail, person_id=pid,
-                                           at=_person_time(ws, pid, phash, force)))
+                                           detail=detail, person_id=pid, at=at))
         return row
 
     mine = d.kept_embeddings()
@@ -492,16 +492,6 @@ def _fit_person(d: PersonDictionary, dicts: list[PersonDictionary],
                est_far=fit.est_far, est_frr=fit.est_frr, n_genuine_pairs=fit.n_genuine_pairs,
                n_impostor_pairs=fit.n_impostor_pairs)
     return row
-
-
-def _person_time(ws: Workspace, pid: str, phash: str, force: bool) -> str:
-    """When a person-level decision was first taken (kept in the cache, so reruns are identical)."""
-    key = item_key(f"person\0{pid}", phash, CODE_VERSIONS[STAGE])
-    record = None if force else ws.get_record(STAGE, key)
-    if record is None:
-        record = {"at": now_utc()}
-        ws.put_record(STAGE, key, record)
-    return record["at"]
 
 
 def _fmt(x: float | None) -> str:

@@ -47,7 +47,7 @@ from dsbuilder.manifest.io import read_table
 from dsbuilder.media import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, media_record, now_utc, publish
+from dsbuilder.stages.base import Rejection, StageResult, first_time, media_record, publish
 from dsbuilder.workspace import Workspace, item_key
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         if teacher is not None:
             record = teacher.record(ws, tr, force, result)
         else:  # no decoding: every frames row is labelled
-            record = {"at": _stable_at(ws, f"nofer\0{track_id}", phash),
+            record = {"at": first_time(ws, STAGE, f"nofer\0{track_id}", phash),
                       "crop_frames": [f["crop_frame"] for f in frames]}
         au_table = _read_au_table(au_csvs.get(track_id))
         rows, clip, rejections, lab = _rows_for_track(record, tr, frames, params, au_table)
@@ -362,22 +362,11 @@ class _Teacher:
         return record
 
 
-def _stable_at(ws: Workspace, what: str, phash: str) -> str:
-    """A time for a row that has no cache record of its own, kept in a tiny record so that a rerun
-    writes the same bytes."""
-    key = item_key(what, phash, CODE_VERSIONS[STAGE])
-    rec = ws.get_record(STAGE, key)
-    if rec is None:
-        rec = {"at": now_utc()}
-        ws.put_record(STAGE, key, rec)
-    return rec["at"]
-
-
 def _rejection(ws: Workspace, track: Mapping[str, Any], reason: str, detail: str,
                phash: str) -> Rejection:
     return Rejection(stage=STAGE, item_id=track["track_id"], reason=reason, detail=detail,
                      source_id=track["source_id"], person_id=track["person_id"],
-                     at=_stable_at(ws, f"{reason}\0{track['track_id']}", phash))
+                     at=first_time(ws, STAGE, f"{reason}\0{track['track_id']}", phash))
 
 
 def _read_au_table(path: Path | None):
