@@ -190,7 +190,6 @@ def _show(stage: str, rec, ws, target, output: Path | None) -> None:
     previews = ws.root / "previews"
     if stage == "faces":
         from dsbuilder.face.preview import write_preview
-
         from dsbuilder.media import MediaError
 
         out = output or previews / f"{Path(target).stem}.faces.mp4"

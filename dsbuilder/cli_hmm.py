@@ -152,9 +152,8 @@ def hmm_sample(workspace: Path, person: str, seconds: float, fps: float | None, 
 
     from dsbuilder.errors import DsbuilderError
     from dsbuilder.labels import hmm as H
-    from dsbuilder.workspace import atomic_write_bytes
-
     from dsbuilder.stages.label import hmm_model_path
+    from dsbuilder.workspace import atomic_write_bytes
 
     mpath = hmm_model_path(workspace.resolve(), person)
     if not mpath.exists():

@@ -27,7 +27,7 @@ import numpy as np
 Box = tuple[int, int, int, int]
 
 
-def _frm():
+def model_files():
     """The ``face_recognition_models`` package (model file paths). It imports ``pkg_resources``,
     whose deprecation warning says nothing to a user of ours (setuptools<82 is pinned for it)."""
     import warnings
@@ -43,7 +43,7 @@ def _frm():
 def _models():
     import dlib
 
-    frm = _frm()
+    frm = model_files()
     return {
         "sp68": dlib.shape_predictor(frm.pose_predictor_model_location()),
         "sp5": dlib.shape_predictor(frm.pose_predictor_five_point_model_location()),
@@ -81,7 +81,7 @@ def _cnn():
     if det is None:
         import dlib
 
-        frm = _frm()
+        frm = model_files()
         det = _per_thread.cnn = dlib.cnn_face_detection_model_v1(
             frm.cnn_face_detector_model_location())
     return det
@@ -146,7 +146,8 @@ CHIP_SIZE, CHIP_PADDING = 150, 0.25
 
 
 @functools.lru_cache(maxsize=None)
-def _torch_installed() -> bool:
+def torch_installed() -> bool:
+    """Is torch importable here (for the embedding engine and the detection threads)?"""
     import importlib.util
 
     return importlib.util.find_spec("torch") is not None
@@ -168,7 +169,7 @@ def embed_many(faces: Sequence[tuple[np.ndarray, Box]], engine: str = "auto") ->
     if not faces:
         return np.zeros((0, 128), np.float32)
     chips = np.stack([face_chip(img, box) for img, box in faces])
-    if engine == "torch" or (engine == "auto" and _torch_installed()):
+    if engine == "torch" or (engine == "auto" and torch_installed()):
         from dsbuilder.face.resnet_torch import embed_chips
 
         return embed_chips(chips)

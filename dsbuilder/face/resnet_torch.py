@@ -351,9 +351,9 @@ def expected_layer_kinds() -> list[str]:
 
 
 def default_model_path() -> Path:
-    from dsbuilder.face.api import _frm
+    from dsbuilder.face.api import model_files
 
-    return Path(_frm().face_recognition_model_location())
+    return Path(model_files().face_recognition_model_location())
 
 
 # --- the torch module -------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def detect_threads() -> int:
     if DETECT_THREADS:
         return DETECT_THREADS
     cores = os.cpu_count() or 2
-    return max(1, min(2, cores if api._torch_installed() else cores - 1))
+    return max(1, min(2, cores if api.torch_installed() else cores - 1))
 
 
 #: Face chips kept for identification are downscaled so that the face is at most this many pixels

@@ -57,7 +57,7 @@ class HmmModel:
         return np.asarray(self.hmm.means_)
 
 
-def _new(family: str, n: int, seed: int, n_iter: int, X: np.ndarray | None = None):
+def _new(family: str, n: int, seed: int, n_iter: int, X: np.ndarray):
     """An unfitted model. Gaussian: its means start from one k-means run seeded with ``seed`` on
     ``X`` (hmmlearn's own start runs k-means 10 times with one seed, so that restarts with nearby
     seeds mostly began alike, at 10x the cost)."""
@@ -69,11 +69,10 @@ def _new(family: str, n: int, seed: int, n_iter: int, X: np.ndarray | None = Non
         m = hmm.GaussianHMM(n_components=n, covariance_type="diag", n_iter=n_iter, tol=1e-4,
                             random_state=seed, min_covar=1e-4, init_params="stmc",
                             implementation="scaling")
-        if X is not None:
-            from sklearn.cluster import KMeans
+        from sklearn.cluster import KMeans
 
-            m.means_ = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(X).cluster_centers_
-            m.init_params = "stc"
+        m.means_ = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(X).cluster_centers_
+        m.init_params = "stc"
         return m
     if family == "poisson":
         return hmm.PoissonHMM(n_components=n, n_iter=n_iter, tol=1e-4, random_state=seed)
