@@ -139,6 +139,70 @@ def test_alignment_is_dlibs_face_chip_transform():
                                    abs=1e-2)
 
 
+def _frames(fmt: str, color_range: int = 1):
+    """A 64x48 frame of the Grace Hopper portrait, in ``fmt``, from RGB by FFmpeg's scaler."""
+    import av
+    import cv2
+
+    rgb = cv2.resize(synth.grace_hopper(), (64, 48), interpolation=cv2.INTER_AREA)
+    src = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame = src.reformat(format=fmt, dst_color_range=color_range)
+    return rgb, frame
+
+
+@pytest.mark.parametrize("fmt,color_range", [("yuv420p", 1), ("nv12", 1), ("yuvj420p", 2)])
+def test_luma_is_the_y_plane_in_full_range(fmt, color_range):
+    from dsbuilder.face.tracker import luma
+
+    _, frame = _frames(fmt, color_range)
+    grey = luma(frame)
+    y = np.frombuffer(frame.planes[0], np.uint8).reshape(48, frame.planes[0].line_size)[:, :64]
+    assert grey.shape == (48, 64) and grey.dtype == np.uint8 and grey.flags.c_contiguous
+    if color_range == 2:
+        assert np.array_equal(grey, y)
+    else:  # 16 -> 0, 235 -> 255, monotonic in between
+        expect = np.clip(np.round((y.astype(float) - 16) * 255 / 219), 0, 255)
+        assert np.array_equal(grey, expect.astype(np.uint8))
+    # and FFmpeg's own grey differs by its dithering only
+    ffmpeg = frame.reformat(format="gray").to_ndarray()
+    assert np.abs(ffmpeg.astype(int) - grey).mean() < 3
+
+
+def test_luma_refuses_frames_without_an_8_bit_y_plane():
+    from dsbuilder.face.tracker import luma
+
+    _, frame = _frames("rgb24")
+    assert luma(frame) is None
+
+
+def test_crops_warped_in_yuv_match_the_rgb_path():
+    """A 4:2:0 source is warped plane by plane: the same crop as through RGB, chroma sited right."""
+    import math
+
+    import av
+    import cv2
+
+    from dsbuilder.face.crops import SourceFrame
+
+    rgb = cv2.resize(synth.grace_hopper(), (320, 240), interpolation=cv2.INTER_AREA)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+        format="yuv420p")
+    a, s = math.radians(10), 0.6
+    # rotated, scaled, and partly outside the picture (the border must be black, not green)
+    m = np.array([[s * math.cos(a), -s * math.sin(a), -20.0], [s * math.sin(a), s * math.cos(a), 40.0]])
+    to_rgb = av.video.reformatter.VideoReformatter()
+    planar = SourceFrame(frame, to_rgb)
+    through_rgb = SourceFrame(frame, to_rgb)
+    through_rgb.planar = False
+    assert planar.planar
+    out = planar.warp(m, 96)
+    assert out.format.name == "yuv420p" and (out.width, out.height) == (96, 96)
+    a_rgb = out.to_ndarray(format="rgb24").astype(int)
+    b_rgb = through_rgb.warp(m, 96).to_ndarray(format="rgb24").astype(int)
+    assert np.abs(a_rgb - b_rgb).mean() < 3
+    assert a_rgb[0, 0].max() <= 2  # outside the source: black
+
+
 def test_sample_reservoir_is_bounded_and_spread_over_the_track():
     res = SampleReservoir(capacity=10, bin_s=0.2)
     chip = np.zeros((4, 4, 3), np.uint8)
