@@ -203,6 +203,67 @@ def test_crops_warped_in_yuv_match_the_rgb_path():
     assert a_rgb[0, 0].max() <= 2  # outside the source: black
 
 
+class _StillFrame:
+    """A stand-in for tracker.Frame: the same picture at every index."""
+
+    def __init__(self, index: int, rgb: np.ndarray):
+        self.index, self.t, self._rgb = index, index / FPS, rgb
+
+    def gray(self) -> np.ndarray:
+        return np.ascontiguousarray(self._rgb.mean(axis=2).astype(np.uint8))
+
+    def rgb(self) -> np.ndarray:
+        return self._rgb
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_weak_face_starts_a_track_kept_only_once_a_detection_confirms_it(confirmed):
+    """Probes also report faces under HOG's threshold: such a face is followed tentatively and
+    becomes a track, from the weak frame on, only if a later detection at the threshold finds it."""
+    from dsbuilder.face.tracker import ShotSpan, VideoInfo, _Tracker
+
+    rgb = synth.grace_hopper()
+    (det,) = api.detect(rgb)
+    box = np.array(det.box, np.float32)
+    none = np.zeros((0, 4), np.float32)
+    p = FacesParams.from_mapping({"detect_fps": 5.0})
+    shot = ShotSpan("syn-shot0000", 0, 12, 0.0, 12 / FPS)
+    tracker = _Tracker(p, VideoInfo(rgb.shape[1], rgb.shape[0], FPS, None, 0.0))
+    frames = [_StillFrame(i, rgb) for i in range(12)]
+    tracker.detection(frames[0], shot, none, weak_boxes=box[None])  # the probe: a weak face only
+    assert [t.confirmed for t in tracker.live] == [False]
+    for i in range(1, 12):
+        if i % 5:
+            tracker.follow_all(frames[i])
+        else:  # the scheduled detections (every 0.2 s): they find the face, or not
+            tracker.detection(frames[i], shot, box[None] if confirmed else none)
+    tracker.finish()
+    if confirmed:
+        (raw,) = tracker.done
+        assert raw.start_frame == 0 and raw.n_frames == 12
+        assert raw.detected[[0, 5, 10]].all() and raw.n_detections == 3
+    else:
+        assert tracker.done == [] and tracker.live == []
+
+
+def test_only_the_hog_probes_report_weak_faces():
+    from dsbuilder.face.tracker import WEAK_SCORE, _run_detection
+
+    assert DETECTORS["hog"].weak_score == WEAK_SCORE < 0 and DETECTORS["cnn"].weak_score is None
+    grey = np.ascontiguousarray(synth.grace_hopper().mean(axis=2).astype(np.uint8))
+    seen = []
+    spec = DETECTORS["hog"].__class__(
+        "spy", "gray", lambda img, up, th: seen.append(th) or api.detect(img, "hog", up, th),
+        weak_score=WEAK_SCORE)
+    strong = _run_detection(spec, grey, 0, 1.0)
+    probe = _run_detection(spec, grey, 0, 1.0, weak=True)
+    assert seen == [0.0, WEAK_SCORE]
+    assert len(strong.boxes) == 1 and len(strong.weak) == 0
+    assert np.array_equal(probe.boxes, strong.boxes)  # weak faces are reported apart
+    scores = [d.score for d in api.detect(grey, "hog", 0, WEAK_SCORE)]
+    assert len(probe.weak) == sum(WEAK_SCORE <= s < 0 for s in scores)
+
+
 def test_sample_reservoir_is_bounded_and_spread_over_the_track():
     res = SampleReservoir(capacity=10, bin_s=0.2)
     chip = np.zeros((4, 4, 3), np.uint8)
@@ -491,6 +552,9 @@ def test_real_hamilton_clip(tmp_path):
     assert sum(t.n_frames for t in close_up) >= 0.6 * shot_of(close_up[0]).n_frames
     for t in close_up:
         assert Path(t.crop_path).is_file() and Path(t.audio_path).is_file()
+    # ...and in the 0.85-1.5 s wide shot, where his face is ~50 px (found only upsampled)
+    wide = [t for t in lin if shot_of(t).start_s == pytest.approx(0.85, abs=0.1)]
+    assert wide, [(t.track_id, t.reason, t.person_id) for t in result.tracks]
     # the audience (7.9-10 s): no target track, and no face there is labelled lin or alex
     audience = [t for t in result.tracks if shot_of(t).start_s >= 7.8]
     assert not [t for t in audience if t.kept or t.person_id is not None]

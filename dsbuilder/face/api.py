@@ -93,14 +93,18 @@ class Detection:
     score: float
 
 
-def detect(img: np.ndarray, detector: str = "hog", upsample: int = 0) -> list[Detection]:
+def detect(img: np.ndarray, detector: str = "hog", upsample: int = 0,
+           threshold: float = 0.0) -> list[Detection]:
     """Detect faces. ``detector``: "hog" (fast, frontal) or "cnn" (MMOD; slow on CPU, better on
     profiles and small faces). Boxes are clipped to the image. Safe to call from several threads
-    (each thread has its own detector; HOG releases the GIL while it runs)."""
+    (each thread has its own detector; HOG releases the GIL while it runs).
+
+    ``threshold``: lowest HOG score reported (0 is dlib's own threshold; below it, weaker candidates
+    too). The CNN detector reports its own detections whatever the threshold."""
     h, w = img.shape[:2]
     out = []
     if detector == "hog":
-        rects, scores, _ = _hog().run(img, upsample, 0.0)
+        rects, scores, _ = _hog().run(img, upsample, float(threshold))
         pairs = zip(rects, scores)
     elif detector == "cnn":
         pairs = ((d.rect, d.confidence) for d in _cnn()(img, upsample))

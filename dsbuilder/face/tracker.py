@@ -67,6 +67,13 @@ UPSAMPLE_PROBE_S = 2.0
 #: box plus this many face sizes on every side (not in the whole frame: 4x the pixels).
 SMALL_FACE_MARGIN = 1.0
 
+#: Whole-frame upsampled detections (the probes: a shot's first frame, then every
+#: :data:`UPSAMPLE_PROBE_S`) also report faces whose HOG score is down to this (0 is the detector's
+#: own threshold). A face that weak starts a *tentative* track, kept only if a later detection at the
+#: usual threshold confirms it before the track ends. A small face otherwise gets one chance per
+#: probe: at a short shot's single probe, a face scoring just under 0 would be lost for the shot.
+WEAK_SCORE = -0.3
+
 #: Threads that run detections ahead of the main loop (dlib's HOG releases the GIL); None: decided by
 #: :func:`detect_threads`.
 DETECT_THREADS: int | None = None
@@ -166,15 +173,18 @@ class DetectorSpec:
 
     name: str
     pixel_format: str  # FFmpeg pixel format the frame is converted to: "gray" or "rgb24"
-    detect: Callable[[np.ndarray, int], list[api.Detection]]  # (image, upsample) -> detections
+    # (image, upsample, threshold) -> detections
+    detect: Callable[[np.ndarray, int, float], list[api.Detection]]
+    weak_score: float | None = None  # lowest score for tentative tracks; None: none reported
 
 
 #: Detector registry; ``STAGE_PARAMS["faces"]["detector"].choices`` lists the same names.
 DETECTORS: dict[str, DetectorSpec] = {
     # HOG on grey: the same detector as on RGB (which takes the strongest gradient of the 3 channels),
     # measured 10-20 % faster here with the same faces found.
-    "hog": DetectorSpec("hog", "gray", lambda img, up: api.detect(img, "hog", up)),
-    "cnn": DetectorSpec("cnn", "rgb24", lambda img, up: api.detect(img, "cnn", up)),
+    "hog": DetectorSpec("hog", "gray", lambda img, up, th: api.detect(img, "hog", up, th),
+                        weak_score=WEAK_SCORE),
+    "cnn": DetectorSpec("cnn", "rgb24", lambda img, up, th: api.detect(img, "cnn", up, th)),
 }
 
 
@@ -486,6 +496,7 @@ class _LiveTrack:
         self.first_miss: int | None = None  # position of the first miss since the last match
         self.calibration = (0.0, 0.0, 1.0, 1.0)  # detector box relative to the landmarks' box
         self.reservoir = SampleReservoir(reservoir_size, bin_s)
+        self.confirmed = True  # False: started by a weak face, not yet seen at the usual threshold
 
     @property
     def box(self) -> np.ndarray:
@@ -580,12 +591,29 @@ class _Pending:
     image: np.ndarray | None = None  # the detection image (kept in case it must be redone)
 
 
-def _run_detection(spec: DetectorSpec, image: np.ndarray, upsample: int, scale: float) -> np.ndarray:
-    """Detect in the (downscaled) image; return boxes in source pixels, (k, 4) float32."""
-    dets = spec.detect(image, upsample)
+@dataclass(frozen=True)
+class Found:
+    """What one detection found, in source pixels: ``boxes`` (k, 4) at the detector's threshold and
+    ``weak`` (m, 4) scoring between :attr:`DetectorSpec.weak_score` and it (float32)."""
+
+    boxes: np.ndarray
+    weak: np.ndarray
+
+
+def _as_boxes(dets: Sequence[api.Detection], scale: float) -> np.ndarray:
     if not dets:
         return np.zeros((0, 4), np.float32)
     return (np.array([d.box for d in dets], np.float64) * scale).astype(np.float32)
+
+
+def _run_detection(spec: DetectorSpec, image: np.ndarray, upsample: int, scale: float,
+                   weak: bool = False) -> Found:
+    """Detect in the (downscaled) image; boxes in source pixels. ``weak``: report weak faces too
+    (detectors without :attr:`DetectorSpec.weak_score` report none)."""
+    floor = spec.weak_score if weak and spec.weak_score is not None else 0.0
+    dets = spec.detect(image, upsample, floor)
+    return Found(_as_boxes([d for d in dets if d.score >= 0.0], scale),
+                 _as_boxes([d for d in dets if d.score < 0.0], scale))
 
 
 def _with_small_faces(spec: DetectorSpec, image: np.ndarray, boxes: np.ndarray, small: np.ndarray,
@@ -602,7 +630,7 @@ def _with_small_faces(spec: DetectorSpec, image: np.ndarray, boxes: np.ndarray, 
         x1, y1 = min(w, int(math.ceil(box[2] + m))), min(h, int(math.ceil(box[3] + m)))
         if x1 - x0 < 8 or y1 - y0 < 8:
             continue
-        found = _run_detection(spec, np.ascontiguousarray(image[y0:y1, x0:x1]), 1, 1.0)
+        found = _run_detection(spec, np.ascontiguousarray(image[y0:y1, x0:x1]), 1, 1.0).boxes
         for b in found + np.array([x0, y0, x0, y0], np.float32):
             b = (b * scale).astype(np.float32)
             if not out or box_iou(b[None], np.stack(out)).max() <= DUPLICATE_IOU:
@@ -639,6 +667,8 @@ class _Tracker:
     def end(self, track: _LiveTrack, keep: int | None, end_s: float, why: str) -> None:
         """End ``track``, keeping its first ``keep`` frames (all when None)."""
         self.live.remove(track)
+        if not track.confirmed:  # a weak face no detection confirmed: never a face track
+            return
         raw = track.finish(keep, end_s, why, int(self.p.embed_samples))
         if raw is not None:
             self.done.append(raw)
@@ -671,8 +701,10 @@ class _Tracker:
             if not self.follow(track, frame):
                 self.end_after_misses(track, frame, "lost")
 
-    def detection(self, frame: Frame, shot: ShotSpan, det_boxes: np.ndarray) -> None:
-        """A detected frame: match detections to tracks; follow, end or start tracks accordingly."""
+    def detection(self, frame: Frame, shot: ShotSpan, det_boxes: np.ndarray,
+                  weak_boxes: np.ndarray | None = None) -> None:
+        """A detected frame: match detections to tracks; follow, end or start tracks accordingly.
+        ``weak_boxes`` (faces under the detector's threshold) only start tentative tracks."""
         p = self.p
         tracks = list(self.live)
         matches = _associate(np.array([t.box for t in tracks]).reshape(-1, 4), det_boxes,
@@ -701,10 +733,21 @@ class _Tracker:
             live_boxes = np.array([t.box for t in self.live]).reshape(-1, 4)
             if len(live_boxes) and box_iou(box[None], live_boxes).max() >= float(p.track_iou):
                 continue  # overlaps a live track: not a new face
-            # one bin per detection interval to start with; twice as many bins as samples to pick
-            track = _LiveTrack(shot, 2 * int(p.embed_samples), 1.0 / float(p.detect_fps))
-            self.match(track, frame, box)
-            self.live.append(track)
+            self.start(frame, shot, box)
+        for box in np.asarray(weak_boxes if weak_boxes is not None else (), np.float32).reshape(-1, 4):
+            boxes = np.concatenate([np.array([t.box for t in self.live]).reshape(-1, 4), det_boxes])
+            if len(boxes) and box_iou(box[None], boxes).max() >= float(p.track_iou):
+                continue  # a face already followed or found
+            self.start(frame, shot, box).confirmed = False
+
+    def start(self, frame: Frame, shot: ShotSpan, det_box: np.ndarray) -> _LiveTrack:
+        """A new track from a detection."""
+        p = self.p
+        # one bin per detection interval to start with; twice as many bins as samples to pick
+        track = _LiveTrack(shot, 2 * int(p.embed_samples), 1.0 / float(p.detect_fps))
+        self.match(track, frame, det_box)
+        self.live.append(track)
+        return track
 
     def match(self, track: _LiveTrack, frame: Frame, det_box: np.ndarray) -> None:
         """A detection of ``track``: landmarks in the detector's box, calibration, maybe a sample."""
@@ -713,6 +756,7 @@ class _Tracker:
         track.append(frame, det_box, lm, detected=True)
         track.last_match_t = frame.t
         track.first_miss = None
+        track.confirmed = True
         yaw, _ = api.yaw_pitch(lm)
         frontal = max(0.05, math.cos(math.radians(min(abs(yaw), 90.0))))
         quality = float(face_px(det_box)[0]) * frontal
@@ -795,8 +839,9 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
                     if upsample is not None:
                         item.upsample = upsample
                         item.image = frame.for_detection(det_w, det_h, spec.pixel_format)
+                        # weak faces from the probes only (upsampled whole frames)
                         item.future = pool.submit(_run_detection, spec, item.image, upsample,
-                                                  det_scale)
+                                                  det_scale, bool(upsample))
                         item.probe = schedule.probe
                 pending.append(item)
 
@@ -806,14 +851,15 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
             frame, shot = item.frame, item.shot
             tracker.leave_shot(shot)
             if shot is not None and item.future is not None:
-                boxes = item.future.result()
+                found = item.future.result()
+                boxes = found.boxes
                 if small_px > 0 and not item.upsample:
                     # faces in sight that are small: detected again, upsampled, around each of them
                     # (on the tracks as they are now, so the result never depends on the look-ahead)
                     small = tracker.small_faces(shot, small_px * det_scale)
                     if len(small):
                         boxes = _with_small_faces(spec, item.image, boxes, small, det_scale)
-                tracker.detection(frame, shot, boxes)
+                tracker.detection(frame, shot, boxes, found.weak)
             elif shot is not None:
                 tracker.follow_all(frame)
             item.image = None
