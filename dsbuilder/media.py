@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -78,11 +78,41 @@ def decode_first_frame(path: str | Path) -> None:
     raise MediaError("decode_error", "no decodable video frame")
 
 
+#: 8-bit pixel formats whose first plane is the luma (Y) plane, stored one byte a pixel.
+_LUMA_FIRST = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p",
+                         "yuv440p", "yuvj440p", "yuv411p", "yuv410p", "nv12", "nv21", "nv16",
+                         "nv24", "nv42"})
+
+#: Limited ("MPEG", 16-235) luma to full range (0-255), rounded: what a grey image means to the
+#: detector and the landmark predictor.
+_LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
+def luma(av_frame: Any) -> np.ndarray | None:
+    """The grey image of a decoded frame, read straight from its Y plane: ``(h, w)`` uint8, full
+    range. None when the pixel format has no 8-bit Y plane (the caller converts with FFmpeg then).
+
+    Five times cheaper than FFmpeg's conversion to ``gray`` (0.1 against 0.5 ms at 360p), which
+    also dithers (a given Y value maps to a spread of grey values); this maps each value once.
+    """
+    if av_frame.format.name not in _LUMA_FIRST:
+        return None
+    plane = av_frame.planes[0]
+    h, w = av_frame.height, av_frame.width
+    y = np.frombuffer(plane, np.uint8).reshape(h, plane.line_size)[:, :w]
+    if av_frame.format.name.startswith("yuvj") or int(av_frame.color_range or 0) == 2:
+        return np.ascontiguousarray(y)  # full range already (JPEG range)
+    import cv2
+
+    return cv2.LUT(y, _LIMITED_TO_FULL)
+
+
 def iter_frames(path: str | Path, width: int | None = None, max_frames: int | None = None,
                 fmt: str = "bgr24") -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield ``(index, pts_seconds, image)`` for every decoded frame, streaming.
 
-    ``width`` resizes (keeping the aspect ratio, even height) inside FFmpeg's scaler. Times come from
+    ``width`` resizes (keeping the aspect ratio, even height) inside FFmpeg's scaler; grey frames at
+    their own size come straight from the Y plane (:func:`luma`). Times come from
     each frame's presentation timestamp, so they are right for variable frame rates; a frame with no
     timestamp gets the previous time plus one nominal frame duration.
     """
@@ -116,8 +146,10 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
                 if width and frame.width != width:
                     h = max(2, int(round(frame.height * width / frame.width / 2)) * 2)
                     img = reformatter.reformat(frame, width=width, height=h, format=fmt).to_ndarray()
+                elif fmt == "gray" and (grey := luma(frame)) is not None:
+                    img = grey
                 else:
-                    img = frame.to_ndarray(format=fmt)
+                    img = reformatter.reformat(frame, format=fmt).to_ndarray()
                 yield index, t, img
                 index += 1
                 if max_frames is not None and index >= max_frames:

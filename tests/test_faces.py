@@ -152,7 +152,7 @@ def _frames(fmt: str, color_range: int = 1):
 
 @pytest.mark.parametrize("fmt,color_range", [("yuv420p", 1), ("nv12", 1), ("yuvj420p", 2)])
 def test_luma_is_the_y_plane_in_full_range(fmt, color_range):
-    from dsbuilder.face.tracker import luma
+    from dsbuilder.media import luma
 
     _, frame = _frames(fmt, color_range)
     grey = luma(frame)
@@ -169,7 +169,7 @@ def test_luma_is_the_y_plane_in_full_range(fmt, color_range):
 
 
 def test_luma_refuses_frames_without_an_8_bit_y_plane():
-    from dsbuilder.face.tracker import luma
+    from dsbuilder.media import luma
 
     _, frame = _frames("rgb24")
     assert luma(frame) is None
