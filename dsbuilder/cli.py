@@ -92,6 +92,8 @@ def _print_summary(results, ws) -> None:
             counts[(row["stage"], row["reason"])] = counts.get((row["stage"], row["reason"]), 0) + 1
         click.echo("rejections by reason: " + ", ".join(
             f"{s}/{r}={n}" for (s, r), n in sorted(counts.items())))
+    if any(r.stage == "report" for r in results):
+        click.echo(f"report: {ws.root / 'report' / 'report.html'}")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -181,6 +183,9 @@ def _stage_command(name: str):
            "speakers": "Find where target faces speak: VAD, lip-sync scoring and a voice check.",
            "label": "Label every kept face track: FER probabilities, valence/arousal, action "
                     "units with FACS emotion scores, and HMM segments per person.",
+           "report": "Write the clips table (the training view, with splits that never share a "
+                     "video or a person) and the audit report: report/report.html and .json, "
+                     "report/dataset_card.md.",
            }[name]
     return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
 

@@ -47,7 +47,7 @@ USER_AGENT = (
 )
 
 #: Stage order. A stage depends on every stage before it.
-STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces", "speakers", "label")
+STAGES: tuple[str, ...] = ("scrape", "shots", "dictionary", "faces", "speakers", "label", "report")
 
 #: ``limits:`` section. Applied by scrape; hashed into its params.
 LIMITS: dict[str, Param] = {
@@ -242,6 +242,20 @@ STAGE_PARAMS["label"] = {
     "hmm_seed": Param(int, 0, "seed of the first restart (restart r uses seed + r)", min=0),
     "hmm_min_frames": Param(int, 20, "people with fewer labelled frames get no HMM (their clips: "
                             "rejection hmm_too_few_frames)", min=2),
+}
+
+STAGE_PARAMS["report"] = {
+    "train_ratio": Param((int, float), 0.8, "share of clip groups in the train split", min=0.0,
+                         max=1.0),
+    "val_ratio": Param((int, float), 0.1, "share of clip groups in the val split", min=0.0, max=1.0),
+    "test_ratio": Param((int, float), 0.1, "share of clip groups in the test split", min=0.0,
+                        max=1.0),
+    "group_by": Param(str, "identity_and_video", "what never crosses splits: videos and people "
+                      "(connected), videos only, or people only",
+                      choices=("identity_and_video", "video", "identity")),
+    "split_seed": Param(int, 0, "seed of the hash that places each group in a split", min=0),
+    "examples_per_reason": Param(int, 5, "rejected items listed per stage and reason in the report",
+                                 min=0),
 }
 
 #: The label parameters the cached FER outputs depend on (others are recomputed from them).

@@ -115,7 +115,7 @@ def workspace(tmp_path, chips, shape):
 
 
 def test_registered():
-    assert STAGES[-1] == "label" and "label" in CODE_VERSIONS
+    assert STAGES[-2:] == ("label", "report") and "label" in CODE_VERSIONS
     assert set(REASONS["label"]) == {"low_confidence", "no_landmarks", "decode_error",
                                      "hmm_too_few_frames"}
     assert STAGE_PARAMS["label"]["smoothing"].choices == ("ema", "moving_average", "none")

@@ -240,12 +240,24 @@ def all_manifest_rows(ws: Path) -> dict[str, list[dict]]:
                 for row in read_table(w, t).to_pylist()] for t in schemas()}
 
 
+def report_without_wall_clock(ws: Path) -> dict:
+    """report.json with the sources' fetch times (when the media were copied) left out."""
+    import json
+
+    report = json.loads((ws / "report" / "report.json").read_text())
+    for source in report["sources"]:
+        source.pop("fetched_at")
+    return report
+
+
 def test_sigkill_during_every_stage_then_rerun_gives_same_manifests(tmp_path, demo_recipe):
-    """The whole pipeline (scrape ... label, with face clips, speech and HMMs) killed with SIGKILL at
-    points spread over all its writes; each rerun ends with the uninterrupted run's manifests."""
-    total = count_writes(demo_recipe, tmp_path / "reference", until="label")
+    """The whole pipeline (scrape ... report, with face clips, speech, HMMs, clips and the report)
+    killed with SIGKILL at points spread over all its writes; each rerun ends with the uninterrupted
+    run's manifests and report."""
+    total = count_writes(demo_recipe, tmp_path / "reference", until="report")
     expected = all_manifest_rows(tmp_path / "reference")
-    assert expected["labels"] and expected["segments"] and expected["speech"]
+    assert expected["labels"] and expected["segments"] and expected["speech"] and expected["clips"]
+    expected_report = report_without_wall_clock(tmp_path / "reference")
     points = sorted({total // 5, (2 * total) // 5, (3 * total) // 5, (4 * total) // 5, total - 2})
     for i, n in enumerate(points):
         phase = "after" if i % 2 == 0 else "before"
@@ -260,5 +272,6 @@ def test_sigkill_during_every_stage_then_rerun_gives_same_manifests(tmp_path, de
         got = all_manifest_rows(ws)
         for table in expected:
             assert got[table] == expected[table], f"after a kill at write {n} ({phase}): {table}"
+        assert report_without_wall_clock(ws) == expected_report
         assert validate(Workspace(ws))[0] == []
         assert not list(ws.rglob(".*.tmp"))

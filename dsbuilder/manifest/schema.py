@@ -9,7 +9,7 @@ Every table carries ``schema_version``, its own id, the ids of its parents, ``so
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips
+SCHEMA_VERSION = 2  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips (and the clips table)
 
 
 def _common(pa):
@@ -171,6 +171,7 @@ def schemas() -> dict:
         **_speakers_schemas(pa, ts),
         **_label_schemas(pa),
         **_segments_schema(pa),
+        **_clips_schema(pa),
     }
 
 
@@ -205,6 +206,10 @@ REFERENCES = {
     ("segments", "track_id"): "tracks",
     ("segments", "source_id"): "sources",
     ("segments", "person_id"): "people",
+    ("clips", "track_id"): "tracks",
+    ("clips", "source_id"): "sources",
+    ("clips", "shot_id"): "shots",
+    ("clips", "person_id"): "people",
 }
 
 #: Rejection reason codes per stage. Validation rejects any other code.
@@ -221,6 +226,7 @@ REASONS = {
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
                        "decode_error")
 REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
+REASONS["report"] = ()  # drops nothing: a leak between splits is an error, not a rejection
 
 
 def _speakers_schemas(pa, ts) -> dict:
@@ -371,3 +377,44 @@ def _segments_schema(pa) -> dict:
         *_common(pa),
     ])
     return {"segments": (segments, "segment_id")}
+
+
+def _clips_schema(pa) -> dict:
+    """``clips``: the training view, one row per labelled kept track (written by the ``report``
+    stage; manifests/clips.md). ``probs`` in dsbuilder.labels.fer.FER_CLASSES order."""
+    clips = pa.schema([
+        pa.field("clip_id", pa.string(), nullable=False),  # = track_id
+        pa.field("track_id", pa.string(), nullable=False),  # parent: the face track
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("shot_id", pa.string(), nullable=False),
+        pa.field("person_id", pa.string(), nullable=False),
+        pa.field("video_path", pa.string(), nullable=False),  # aligned crop clip, relative
+        pa.field("video_sha256", pa.string()),
+        pa.field("audio_path", pa.string()),  # 16 kHz mono wav, relative (null: silent source)
+        pa.field("audio_sha256", pa.string()),
+        pa.field("start_frame", pa.int64(), nullable=False),  # in the source video
+        pa.field("end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("start_s", pa.float64(), nullable=False),
+        pa.field("end_s", pa.float64(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("probs", pa.list_(pa.float32(), 7)),  # clip mean of the FER soft labels
+        pa.field("argmax", pa.string()),
+        pa.field("argmax_prob", pa.float32()),
+        pa.field("entropy", pa.float32()),  # of probs / log(7), 0-1
+        pa.field("agreement", pa.float32()),  # frames whose smoothed argmax = argmax
+        pa.field("valence", pa.float32()),
+        pa.field("arousal", pa.float32()),
+        pa.field("au_emotion", pa.string()),  # most frequent FACS emotion of the frames
+        pa.field("fer_au_agreement", pa.float32()),
+        pa.field("fer_model", pa.string()),
+        pa.field("speaking", pa.bool_(), nullable=False),  # any speaking segment (speech table)
+        pa.field("speaking_s", pa.float64(), nullable=False),
+        pa.field("sync_confidence", pa.float32()),
+        pa.field("licence", pa.string()),  # the source's, copied for filtering
+        pa.field("webpage_url", pa.string()),
+        pa.field("split", pa.string(), nullable=False),  # train | val | test
+        pa.field("split_group", pa.string(), nullable=False),  # the group kept in one split
+        *_common(pa),
+    ])
+    return {"clips": (clips, "clip_id")}

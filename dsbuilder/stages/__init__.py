@@ -16,6 +16,7 @@ CODE_VERSIONS = {
     "faces": "2",
     "speakers": "1",
     "label": "2",
+    "report": "1",
 }
 
 

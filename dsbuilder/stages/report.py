@@ -1,0 +1,411 @@
+"""The report stage: the dataset's training view (``clips``, with splits) and its audit report.
+
+Reads what the other stages published and writes:
+
+* the ``clips`` table: one row per labelled kept track (a training example): the crop clip and its
+  audio, times and frames, the clip-level labels (FER soft labels, entropy, valence/arousal, the FACS
+  emotion and its agreement with FER), whether and how long the person speaks, the split, and the
+  source's licence and page, so a trainer can filter without joins;
+* ``report/report.json`` and ``report/report.html``: for an auditor, every stage's parameters and
+  code version, counts, every rejection by stage and reason (with examples), the provenance of every
+  source (URL, uploader, licence, fetch time, sha256, tool versions), and the lineage of every clip;
+* ``report/dataset_card.md``: a dataset card (what is in it, where it comes from, splits, limits).
+
+**Splits never share a video or an identity.** Clips are grouped (``group_by``): by default the
+connected groups of videos and people (two people in one video are in one group, and so is every
+other video of theirs); ``video`` groups by video only (a person may then be in several splits: for
+models that must generalise over videos, not people); ``identity`` by person only (a video showing two
+people may then be in two splits). Each group goes to a split by a hash of its key and
+``split_seed``, in proportion to the ratios: a group keeps its split when other groups are added later,
+so a test set does not move as the dataset grows. With few groups the realised shares differ from the
+ratios (they are reported). After assignment the grouping is checked again (:func:`check_leakage`);
+a leak is an error (:class:`LeakageError`), not a warning.
+
+Nothing written here depends on the time of the run: a rerun over the same manifests writes the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from dsbuilder import __version__
+from dsbuilder.config import STAGES
+from dsbuilder.errors import StageError
+from dsbuilder.manifest.io import read_table
+from dsbuilder.manifest.schema import SCHEMA_VERSION
+from dsbuilder.recipe import Recipe, params_hash
+from dsbuilder.stages.base import StageResult, publish
+from dsbuilder.workspace import Workspace, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+STAGE = "report"
+SPLITS = ("train", "val", "test")
+GROUPINGS = ("identity_and_video", "video", "identity")
+
+#: Where the report files go, relative to the workspace.
+REPORT_DIR = "report"
+
+
+class LeakageError(StageError):
+    """A video or a person is in more than one split (under the chosen grouping)."""
+
+
+# --- clips ---------------------------------------------------------------------------------------
+
+def clip_rows(tracks: Iterable[Mapping[str, Any]], label_clips: Iterable[Mapping[str, Any]],
+              speech: Iterable[Mapping[str, Any]], sources: Iterable[Mapping[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """One row per kept track with a kept ``label_clips`` row, joined with its speech and source
+    (``split`` and ``split_group`` are filled by :func:`assign_splits`)."""
+    labels = {r["track_id"]: r for r in label_clips if r["kept"]}
+    src = {r["source_id"]: r for r in sources}
+    talk: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in speech:
+        talk[r["track_id"]].append(r)
+    rows = []
+    for t in sorted(tracks, key=lambda r: r["track_id"]):
+        lab = labels.get(t["track_id"])
+        if not t["kept"] or not t["crop_path"] or lab is None:
+            continue
+        segs = talk.get(t["track_id"], [])
+        speaking = [s for s in segs if s["speaking"]]
+        s = src.get(t["source_id"], {})
+        rows.append({
+            "clip_id": t["track_id"], "track_id": t["track_id"], "source_id": t["source_id"],
+            "shot_id": t["shot_id"], "person_id": t["person_id"],
+            "video_path": t["crop_path"], "video_sha256": t["crop_sha256"],
+            "audio_path": t["audio_path"], "audio_sha256": t["audio_sha256"],
+            "start_frame": t["start_frame"], "end_frame": t["end_frame"],
+            "start_s": t["start_s"], "end_s": t["end_s"],
+            "duration_s": t["end_s"] - t["start_s"], "n_frames": t["n_frames"],
+            "probs": lab["mean_probs"], "argmax": lab["argmax"], "argmax_prob": lab["argmax_prob"],
+            "entropy": lab["entropy"], "agreement": lab["agreement"],
+            "valence": lab["mean_valence"], "arousal": lab["mean_arousal"],
+            "au_emotion": lab["au_emotion"], "fer_au_agreement": lab["fer_au_agreement"],
+            "fer_model": lab["fer_model"],
+            "speaking": bool(speaking),
+            "speaking_s": float(sum(x["end_s"] - x["start_s"] for x in speaking)),
+            "sync_confidence": segs[0]["sync_confidence"] if segs else None,
+            "licence": s.get("licence"), "webpage_url": s.get("webpage_url") or s.get("url"),
+            "split": None, "split_group": None,
+        })
+    return rows
+
+
+# --- splits --------------------------------------------------------------------------------------
+
+def _groups(clips: Sequence[Mapping[str, Any]], group_by: str) -> dict[str, str]:
+    """clip_id -> group key: the smallest member of its connected group of videos and people."""
+    if group_by not in GROUPINGS:
+        raise StageError(f"unknown group_by {group_by!r}", f"one of {', '.join(GROUPINGS)}")
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def nodes(c: Mapping[str, Any]) -> list[str]:
+        out = []
+        if group_by in ("identity_and_video", "video"):
+            out.append(f"video:{c['source_id']}")
+        if group_by in ("identity_and_video", "identity"):
+            out.append(f"person:{c['person_id']}")
+        return out
+
+    for c in clips:
+        first, *rest = nodes(c)
+        for n in rest:
+            a, b = find(first), find(n)
+            if a != b:
+                parent[max(a, b)] = min(a, b)  # the smallest name leads: a stable key
+        find(first)
+    return {c["clip_id"]: find(nodes(c)[0]) for c in clips}
+
+
+def split_of(group: str, ratios: Sequence[float], seed: int) -> str:
+    """The split of a group: a uniform number from the hash of (seed, group) against the ratios."""
+    total = float(sum(ratios))
+    u = int.from_bytes(hashlib.sha256(f"{seed}\0{group}".encode()).digest()[:8], "big") / 2 ** 64
+    edge = 0.0
+    for name, r in zip(SPLITS, ratios):
+        edge += r / total
+        if u < edge:
+            return name
+    return next(n for n, r in zip(reversed(SPLITS), reversed(ratios)) if r > 0)
+
+
+def assign_splits(clips: list[dict[str, Any]], ratios: Sequence[float], group_by: str,
+                  seed: int) -> None:
+    """Fill ``split`` and ``split_group`` of every clip row (in place)."""
+    if len(ratios) != len(SPLITS) or min(ratios) < 0 or sum(ratios) <= 0:
+        raise StageError(f"split ratios must be {len(SPLITS)} non-negative numbers with a positive "
+                         f"sum, got {list(ratios)}",
+                         "set stages.report.train_ratio / val_ratio / test_ratio")
+    groups = _groups(clips, group_by)
+    for c in clips:
+        c["split_group"] = groups[c["clip_id"]]
+        c["split"] = split_of(c["split_group"], ratios, seed)
+
+
+def check_leakage(clips: Sequence[Mapping[str, Any]], group_by: str) -> list[str]:
+    """Videos and people found in more than one split (what ``group_by`` promises to keep apart)."""
+    problems = []
+    keys = {"identity_and_video": ("source_id", "person_id"), "video": ("source_id",),
+            "identity": ("person_id",)}[group_by]
+    for key in keys:
+        where: dict[str, set[str]] = defaultdict(set)
+        for c in clips:
+            where[c[key]].add(c["split"])
+        for value, splits in sorted(where.items()):
+            if len(splits) > 1:
+                clip = next(c["clip_id"] for c in clips if c[key] == value)
+                problems.append(f"clips {clip}: {key} {value} is in splits {sorted(splits)}")
+    return problems
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+_SOURCE_FIELDS = ("source_id", "kind", "status", "person_ids", "url", "webpage_url", "extractor",
+                  "title", "uploader", "channel", "licence", "licence_raw", "upload_date",
+                  "fetched_at", "sha256", "bytes", "duration", "width", "height", "local_path",
+                  "tool_versions")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 6)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
+                 clips: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+                 examples: int) -> dict[str, Any]:
+    """The report as plain data (what report.json holds)."""
+    from dsbuilder.stages import CODE_VERSIONS
+
+    sources, rejections = tables["sources"], tables["rejections"]
+    by_reason: dict[str, dict[str, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in sorted(rejections, key=lambda r: (r["stage"], r["reason"], r["item_id"])):
+        by_reason[r["stage"]][r["reason"]].append(r)
+    stage_order = {s: i for i, s in enumerate(STAGES)}
+    split_counts = {s: {"clips": 0, "seconds": 0.0, "people": set(), "videos": set()}
+                    for s in SPLITS}
+    for c in clips:
+        sc = split_counts[c["split"]]
+        sc["clips"] += 1
+        sc["seconds"] += c["duration_s"]
+        sc["people"].add(c["person_id"])
+        sc["videos"].add(c["source_id"])
+    tracks = tables["tracks"]
+    return {
+        "dataset": recipe.name,
+        "dsbuilder_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "stages": {s: {"params": _plain_params(recipe.stage_params(s)),
+                       "params_hash": params_hash(recipe.stage_params(s)),
+                       "code_version": CODE_VERSIONS[s]} for s in STAGES},
+        "counts": {
+            "people": len(recipe.people),
+            "sources": dict(sorted(Counter(f"{r['kind']}s_{r['status']}"
+                                           for r in sources).items())),
+            "shots": len(tables["shots"]),
+            "tracks": len(tracks), "tracks_kept": sum(1 for t in tracks if t["kept"]),
+            "labelled_frames": len(tables["labels"]),
+            "segments": len(tables["segments"]),
+            "clips": len(clips),
+            "clip_seconds": round(sum(c["duration_s"] for c in clips), 3),
+            "speaking_clips": sum(1 for c in clips if c["speaking"]),
+            "rejections": len(rejections),
+        },
+        "people": [{"person_id": p["person_id"], "name": p["name"], "n_kept": p["n_kept"],
+                    "threshold": _plain(p["threshold"]), "est_far": _plain(p["est_far"]),
+                    "clips": sum(1 for c in clips if c["person_id"] == p["person_id"])}
+                   for p in sorted(tables["people"], key=lambda p: p["person_id"])],
+        "splits": {
+            "group_by": params["group_by"], "seed": params["split_seed"],
+            "ratios": dict(zip(SPLITS, _ratios(params))),
+            "leakage": "none",
+            "realised": {s: {"clips": v["clips"], "seconds": round(v["seconds"], 3),
+                             "people": sorted(v["people"]), "videos": sorted(v["videos"])}
+                         for s, v in split_counts.items()},
+        },
+        "rejections": {
+            stage: {reason: {"count": len(rows),
+                             "examples": [{"item_id": r["item_id"], "source_id": r["source_id"],
+                                           "person_id": r["person_id"], "detail": r["detail"]}
+                                          for r in rows[:examples]]}
+                    for reason, rows in sorted(reasons.items())}
+            for stage, reasons in sorted(by_reason.items(), key=lambda kv: stage_order.get(kv[0], 99))
+        },
+        "sources": [{k: _plain(r.get(k)) for k in _SOURCE_FIELDS}
+                    for r in sorted(sources, key=lambda r: r["source_id"])],
+        "clips": [{k: _plain(c[k]) for k in ("clip_id", "person_id", "source_id", "shot_id",
+                                              "start_s", "end_s", "split", "argmax", "argmax_prob",
+                                              "entropy", "valence", "arousal", "au_emotion",
+                                              "speaking", "licence", "webpage_url", "video_path",
+                                              "video_sha256")}
+                  for c in clips],
+    }
+
+
+def _plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(params, sort_keys=True, default=str))
+
+
+def _ratios(params: Mapping[str, Any]) -> list[float]:
+    return [float(params["train_ratio"]), float(params["val_ratio"]), float(params["test_ratio"])]
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            v = f"{v:.3f}"
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(str(x) for x in v)
+        return f"<td>{html.escape('' if v is None else str(v))}</td>"
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """A self-contained page (no scripts, no external files) from :func:`build_report`'s data."""
+    esc = html.escape
+    parts = [f"<h1>{esc(report['dataset'])}: dataset report</h1>",
+             f"<p>dsbuilder {esc(report['dsbuilder_version'])}, manifest schema "
+             f"{report['schema_version']}. The same data as <code>report.json</code>.</p>",
+             "<h2>Counts</h2>", _table(("what", "count"), report["counts"].items()),
+             "<h2>People</h2>",
+             _table(("person", "name", "kept photos", "match threshold", "est. false accepts",
+                     "clips"),
+                    ((p["person_id"], p["name"], p["n_kept"], p["threshold"], p["est_far"],
+                      p["clips"]) for p in report["people"])),
+             f"<h2>Splits</h2><p>Grouped by <code>{esc(report['splits']['group_by'])}</code> "
+             f"(seed {report['splits']['seed']}); leakage: {esc(report['splits']['leakage'])}.</p>",
+             _table(("split", "target share", "clips", "seconds", "people", "videos"),
+                    ((s, report["splits"]["ratios"][s], v["clips"], v["seconds"], v["people"],
+                      v["videos"]) for s, v in report["splits"]["realised"].items())),
+             "<h2>Rejections</h2>"]
+    rows = []
+    for stage, reasons in report["rejections"].items():
+        for reason, info in reasons.items():
+            for i, ex in enumerate(info["examples"] or [{}]):
+                rows.append((stage if i == 0 else "", reason if i == 0 else "",
+                             info["count"] if i == 0 else "", ex.get("item_id"), ex.get("detail")))
+    parts.append(_table(("stage", "reason", "count", "example item", "detail"), rows))
+    parts += ["<h2>Sources (provenance)</h2>",
+              _table(("source", "kind", "status", "url", "uploader", "licence", "upload date",
+                      "fetched at", "sha256"),
+                     ((s["source_id"], s["kind"], s["status"], s["webpage_url"] or s["url"],
+                       s["uploader"], s["licence"], s["upload_date"], s["fetched_at"], s["sha256"])
+                      for s in report["sources"])),
+              "<h2>Clips (lineage)</h2>",
+              _table(("clip", "person", "source", "shot", "start s", "end s", "split", "FER argmax",
+                      "p", "AU emotion", "speaking", "licence"),
+                     ((c["clip_id"], c["person_id"], c["source_id"], c["shot_id"], c["start_s"],
+                       c["end_s"], c["split"], c["argmax"], c["argmax_prob"], c["au_emotion"],
+                       c["speaking"], c["licence"]) for c in report["clips"])),
+              "<h2>Stage parameters</h2>",
+              _table(("stage", "code version", "params hash", "params"),
+                     ((s, v["code_version"], v["params_hash"],
+                       json.dumps(v["params"], sort_keys=True)) for s, v in report["stages"].items()))]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;"
+             "margin-bottom:1.5em;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px;"
+             "text-align:left;vertical-align:top}th{background:#eee}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(report['dataset'])}"
+            f" report</title><style>{style}</style></head><body>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+
+
+def dataset_card(report: Mapping[str, Any]) -> str:
+    """A Markdown dataset card from :func:`build_report`'s data."""
+    c, sp = report["counts"], report["splits"]
+    licences = Counter(s["licence"] or "unknown" for s in report["sources"] if s["status"] == "ok")
+    lines = [
+        f"# Dataset card: {report['dataset']}", "",
+        f"Built by dsbuilder {report['dsbuilder_version']} (manifest schema "
+        f"{report['schema_version']}). Tables: `manifests/*.parquet`; the training view is "
+        "`manifests/clips.parquet`; the audit report is `report/report.html`.", "",
+        "## What is in it", "",
+        f"- {c['clips']} clips ({c['clip_seconds']:.1f} s) of {c['people']} "
+        f"{'person' if c['people'] == 1 else 'people'}, aligned face "
+        f"crops (mp4) with their audio (16 kHz wav); {c['speaking_clips']} clips where the person "
+        "speaks.",
+        f"- People: " + ", ".join(f"{p['person_id']} ({p['clips']} clips)"
+                                  for p in report["people"]) + ".",
+        "- Labels are *soft* and machine-made: FER probabilities of a FER2013 teacher per frame "
+        "and per clip, valence/arousal derived from them, geometric action-unit proxies from "
+        "landmarks, FACS emotion scores, and HMM segments of the AU sequences. No label was "
+        "checked by a person.", "",
+        "## Where it comes from", "",
+        "- Sources by licence as declared by the sites: "
+        + ", ".join(f"{k} ({v})" for k, v in sorted(licences.items())) + ".",
+        "- Every clip row names its source page and licence; `report/report.json` has each "
+        "source's URL, uploader, fetch time and sha256, and each stage's parameters.",
+        "- The rights in the pictures and voices of the people shown are not settled by a site's "
+        "licence. Check them before redistributing.", "",
+        "## Splits", "",
+        f"Grouped by `{sp['group_by']}`, seed {sp['seed']}: no video"
+        + (" and no person" if sp["group_by"] == "identity_and_video" else "")
+        + " is in two splits.", "",
+        "| split | target | clips | seconds |", "|---|---:|---:|---:|",
+        *(f"| {s} | {sp['ratios'][s]:.2f} | {v['clips']} | {v['seconds']:.1f} |"
+          for s, v in sp["realised"].items()), "",
+        "## Limits", "",
+        "- The FER teacher is a mini-Xception trained on FER2013 (about 66 % accuracy there); its "
+        "labels carry its biases and errors.",
+        "- Geometric AUs move with speech; they are proxies, not a trained AU detector.",
+        f"- {c['rejections']} items were dropped; the report lists why, by stage and reason.", ""]
+    return "\n".join(lines)
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+    """Write ``clips`` (with splits) and the report files. ``force`` changes nothing: the stage is
+    a pure function of the manifests and takes well under a second, so it is never cached."""
+    params = recipe.stage_params(STAGE)
+    result = StageResult(stage=STAGE, params_hash=params_hash(params))
+    names = ("sources", "shots", "people", "tracks", "speech", "label_clips", "labels", "segments",
+             "rejections")
+    tables = {n: read_table(ws, n).to_pylist() for n in names}
+    clips = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"], tables["sources"])
+    if not clips:
+        log.warning("report: no labelled clip yet; run the stages before it (dsbuilder run RECIPE)")
+    assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]))
+    leaks = check_leakage(clips, params["group_by"])
+    if leaks:  # cannot happen by construction; checked anyway, as a trainer relies on it
+        raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
+    empty = [s for s, r in zip(SPLITS, _ratios(params)) if r > 0
+             and not any(c["split"] == s for c in clips)]
+    if clips and empty:
+        log.warning("report: split(s) %s got no clip: %d group(s) of videos/people are too few for "
+                    "the ratios", ", ".join(empty), len({c["split_group"] for c in clips}))
+    report = build_report(recipe, tables, clips, params, int(params["examples_per_reason"]))
+    out = ws.root / REPORT_DIR
+    atomic_write_bytes(out / "report.json",
+                       (json.dumps(report, indent=1, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(out / "report.html", render_html(report).encode())
+    atomic_write_bytes(out / "dataset_card.md", dataset_card(report).encode())
+    result.rows = {"clips": clips}
+    result.computed = 1
+    log.info("report: %d clips (%s); report in %s", len(clips),
+             ", ".join(f"{s} {sum(1 for c in clips if c['split'] == s)}" for s in SPLITS), out)
+    return publish(ws, result)

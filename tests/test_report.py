@@ -1,0 +1,180 @@
+"""The report stage: clips (the training view), splits that never share a video or a person, and the
+audit report (JSON, HTML, dataset card), on the offline demo's workspace and on hand-made rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import digest
+
+from dsbuilder import pipeline
+from dsbuilder.errors import StageError
+from dsbuilder.manifest.io import read_table, table_path
+from dsbuilder.manifest.qa import validate
+from dsbuilder.recipe import load_recipe
+from dsbuilder.stages import report as report_stage
+from dsbuilder.workspace import Workspace
+
+
+def clip(clip_id: str, person: str, video: str, seconds: float = 2.0) -> dict:
+    return {"clip_id": clip_id, "person_id": person, "source_id": video, "duration_s": seconds}
+
+
+def test_groups_join_videos_and_people_that_share_a_clip():
+    clips = [clip("a1", "ann", "v1"), clip("a2", "ann", "v2"),  # ann in two videos
+             clip("b1", "bob", "v2"),  # bob shares v2 with ann: one group
+             clip("c1", "cat", "v3"), clip("c2", "cat", "v4")]
+    groups = report_stage._groups(clips, "identity_and_video")
+    assert groups["a1"] == groups["a2"] == groups["b1"] != groups["c1"] == groups["c2"]
+    assert report_stage._groups(clips, "video") == {
+        "a1": "video:v1", "a2": "video:v2", "b1": "video:v2", "c1": "video:v3", "c2": "video:v4"}
+    assert set(report_stage._groups(clips, "identity").values()) == {
+        "person:ann", "person:bob", "person:cat"}
+    with pytest.raises(StageError):
+        report_stage._groups(clips, "speaker")
+
+
+@pytest.mark.parametrize("group_by", report_stage.GROUPINGS)
+def test_splits_never_leak_and_follow_the_ratios(group_by):
+    # 300 people, each in two videos of their own, one video shared by two people now and then
+    clips = []
+    for i in range(300):
+        clips += [clip(f"p{i}-a", f"p{i}", f"v{i}a"), clip(f"p{i}-b", f"p{i}", f"v{i}b")]
+        if i % 10 == 0:
+            clips.append(clip(f"p{i}-x", f"p{i + 1}", f"v{i}a"))
+    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), group_by, seed=0)
+    assert report_stage.check_leakage(clips, group_by) == []
+    groups = {c["split_group"] for c in clips}
+    share = {s: sum(1 for g in groups if report_stage.split_of(g, (0.8, 0.1, 0.1), 0) == s)
+             / len(groups) for s in report_stage.SPLITS}
+    assert share["train"] == pytest.approx(0.8, abs=0.06)
+    assert share["val"] == pytest.approx(0.1, abs=0.05) and share["test"] == pytest.approx(0.1,
+                                                                                           abs=0.05)
+
+
+def test_a_group_keeps_its_split_when_the_dataset_grows():
+    before = [clip(f"c{i}", f"p{i}", f"v{i}") for i in range(50)]
+    report_stage.assign_splits(before, (0.6, 0.2, 0.2), "identity_and_video", seed=3)
+    grown = [dict(c) for c in before] + [clip(f"n{i}", f"q{i}", f"w{i}") for i in range(50)]
+    report_stage.assign_splits(grown, (0.6, 0.2, 0.2), "identity_and_video", seed=3)
+    assert [c["split"] for c in grown[:50]] == [c["split"] for c in before]
+    # another seed moves groups
+    reseeded = [dict(c) for c in before]
+    report_stage.assign_splits(reseeded, (0.6, 0.2, 0.2), "identity_and_video", seed=4)
+    assert [c["split"] for c in reseeded] != [c["split"] for c in before]
+
+
+def test_zero_ratios_leave_a_split_empty_and_bad_ratios_are_refused():
+    clips = [clip(f"c{i}", f"p{i}", f"v{i}") for i in range(40)]
+    report_stage.assign_splits(clips, (1.0, 0.0, 0.0), "video", seed=0)
+    assert {c["split"] for c in clips} == {"train"}
+    report_stage.assign_splits(clips, (0.0, 0.0, 1.0), "video", seed=0)
+    assert {c["split"] for c in clips} == {"test"}
+    for bad in ((0.0, 0.0, 0.0), (0.9, 0.2, -0.1), (0.5, 0.5)):
+        with pytest.raises(StageError, match="ratios"):
+            report_stage.assign_splits(clips, bad, "video", seed=0)
+
+
+def test_check_leakage_names_the_clip_and_what_leaked():
+    clips = [dict(clip("a", "ann", "v1"), split="train"), dict(clip("b", "ann", "v2"), split="test")]
+    assert report_stage.check_leakage(clips, "video") == []
+    (problem,) = report_stage.check_leakage(clips, "identity_and_video")
+    assert "clips a" in problem and "person_id ann" in problem and "'test', 'train'" in problem
+
+
+@pytest.fixture(scope="module")
+def demo_ws(tmp_path_factory):
+    """The offline demo's pipeline, run once up to the report."""
+    from dsbuilder import demo
+
+    d = tmp_path_factory.mktemp("report-demo")
+    demo.make_media(d / "demo-media")
+    recipe_path = d / "demo.yaml"
+    recipe_path.write_text((demo.REPO / "recipes" / "demo.yaml").read_text())
+    recipe = load_recipe(recipe_path, d / "ws")
+    ws = Workspace.open(d / "ws")
+    pipeline.run(recipe, ws, progress=False)
+    return recipe, ws
+
+
+def test_clips_are_the_labelled_kept_tracks_with_their_lineage(demo_ws):
+    recipe, ws = demo_ws
+    clips = read_table(ws, "clips").to_pylist()
+    labelled = {r["track_id"] for r in read_table(ws, "label_clips").to_pylist() if r["kept"]}
+    assert clips and {c["clip_id"] for c in clips} == labelled
+    tracks = {t["track_id"]: t for t in read_table(ws, "tracks").to_pylist()}
+    sources = {s["source_id"]: s for s in read_table(ws, "sources").to_pylist()}
+    speaking = {r["track_id"] for r in read_table(ws, "speech").to_pylist() if r["speaking"]}
+    for c in clips:
+        t = tracks[c["track_id"]]
+        assert t["kept"] and c["person_id"] == t["person_id"] and c["video_path"] == t["crop_path"]
+        assert (ws.root / c["video_path"]).is_file() and (ws.root / c["audio_path"]).is_file()
+        assert c["licence"] == sources[c["source_id"]]["licence"]
+        assert c["speaking"] == (c["track_id"] in speaking)
+        assert abs(sum(c["probs"]) - 1) < 1e-4 and c["split"] in report_stage.SPLITS
+    assert validate(ws)[0] == []
+
+
+def test_report_files_tell_where_every_clip_came_from_and_why_things_were_dropped(demo_ws):
+    recipe, ws = demo_ws
+    out = ws.root / "report"
+    report = json.loads((out / "report.json").read_text())
+    clips = read_table(ws, "clips").to_pylist()
+    assert report["counts"]["clips"] == len(clips)
+    assert [c["clip_id"] for c in report["clips"]] == [c["clip_id"] for c in clips]
+    by_id = {s["source_id"]: s for s in report["sources"]}
+    for c in report["clips"]:
+        src = by_id[c["source_id"]]
+        assert src["sha256"] and src["licence"] and src["fetched_at"] and src["tool_versions"]
+    rejections = read_table(ws, "rejections").to_pylist()
+    counted = sum(info["count"] for reasons in report["rejections"].values()
+                  for info in reasons.values())
+    assert rejections and counted == len(rejections)
+    for r in rejections:
+        info = report["rejections"][r["stage"]][r["reason"]]
+        assert info["examples"]
+    assert set(report["stages"]) == set(recipe.stages)
+    assert report["splits"]["leakage"] == "none"
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    for c in clips:
+        assert c["clip_id"] in page
+    card = (out / "dataset_card.md").read_text()
+    assert f"{len(clips)} clips" in card and "## Splits" in card
+
+
+def test_report_escapes_what_sources_say(demo_ws):
+    recipe, ws = demo_ws
+    tables = {n: read_table(ws, n).to_pylist() for n in (
+        "sources", "shots", "people", "tracks", "speech", "label_clips", "labels", "segments",
+        "rejections")}
+    tables["sources"][0]["uploader"] = "<script>alert(1)</script>"
+    clips = report_stage.clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
+                                   tables["sources"])
+    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", 0)
+    params = recipe.stage_params("report")
+    page = report_stage.render_html(report_stage.build_report(recipe, tables, clips, params, 5))
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_report_rerun_writes_the_same_bytes(demo_ws):
+    recipe, ws = demo_ws
+    files = [table_path(ws, "clips"), *sorted((ws.root / "report").iterdir())]
+    before = [digest(f) for f in files]
+    pipeline.run_stage("report", recipe, ws, progress=False)
+    assert [digest(f) for f in files] == before
+
+
+def test_cli_report_command(demo_ws):
+    from conftest import run_cli
+
+    recipe, ws = demo_ws
+    r = run_cli("report", str(recipe.path), "-w", str(ws.root), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "report: " in r.stdout and "report.html" in r.stdout
+    bad = recipe.path.with_name("bad.yaml")  # beside the demo's: its paths are relative
+    bad.write_text(recipe.path.read_text().replace(
+        "stages:\n", "stages:\n  report:\n    group_by: speaker\n", 1))
+    r = run_cli("report", str(bad), "-w", str(ws.root))
+    assert r.returncode == 2 and "group_by" in r.stderr
