@@ -136,6 +136,10 @@ def test_report_files_tell_where_every_clip_came_from_and_why_things_were_droppe
         assert info["examples"]
     assert set(report["stages"]) == set(recipe.stages)
     assert report["splits"]["leakage"] == "none"
+    # the demo's people and videos form fewer groups than splits: the report says which are empty
+    realised = report["splits"]["realised"]
+    empty = [s for s in report_stage.SPLITS if not realised[s]["clips"]]
+    assert len(report["splits"]["warnings"]) == len(empty)
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
     for c in clips:
@@ -178,3 +182,14 @@ def test_cli_report_command(demo_ws):
         "stages:\n", "stages:\n  report:\n    group_by: speaker\n", 1))
     r = run_cli("report", str(bad), "-w", str(ws.root))
     assert r.returncode == 2 and "group_by" in r.stderr
+
+
+def test_html_lists_a_bounded_number_of_rows(demo_ws, monkeypatch):
+    recipe, ws = demo_ws
+    report = json.loads((ws.root / "report" / "report.json").read_text())
+    report["clips"] = report["clips"] * 3
+    monkeypatch.setattr(report_stage, "HTML_ROWS", 2)
+    page = report_stage.render_html(report)
+    assert f"The first 2 of {len(report['clips'])}" in page
+    clips_section = page.split("<h2>Clips (lineage)</h2>")[1].split("<h2>")[0]
+    assert clips_section.count("<tr>") == 1 + 2  # the header and two clips

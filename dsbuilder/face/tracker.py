@@ -581,8 +581,9 @@ def _run_detection(spec: DetectorSpec, image: np.ndarray, upsample: int, scale: 
                    weak: bool = False) -> Found:
     """Detect in the (downscaled) image; boxes in source pixels. ``weak``: report weak faces too
     (detectors without :attr:`DetectorSpec.weak_score` report none)."""
-    floor = spec.weak_score if weak and spec.weak_score is not None else 0.0
-    dets = spec.detect(image, upsample, floor)
+    if not weak or spec.weak_score is None:
+        return Found(_as_boxes(spec.detect(image, upsample, 0.0), scale), _as_boxes([], scale))
+    dets = spec.detect(image, upsample, spec.weak_score)
     return Found(_as_boxes([d for d in dets if d.score >= 0.0], scale),
                  _as_boxes([d for d in dets if d.score < 0.0], scale))
 

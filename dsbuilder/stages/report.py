@@ -54,6 +54,9 @@ GROUPINGS = ("identity_and_video", "video", "identity")
 #: Where the report files go, relative to the workspace.
 REPORT_DIR = "report"
 
+#: The HTML page lists at most this many sources and clips (report.json lists all of them).
+HTML_ROWS = 2000
+
 
 class LeakageError(StageError):
     """A video or a person is in more than one split (under the chosen grouping)."""
@@ -241,6 +244,10 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
             "group_by": params["group_by"], "seed": params["split_seed"],
             "ratios": dict(zip(SPLITS, _ratios(params))),
             "leakage": "none",
+            "warnings": [f"The {s} split has no clip: {len({c['split_group'] for c in clips})} "
+                         f"group(s) of videos and people are too few for the ratios."
+                         for s, r in zip(SPLITS, _ratios(params))
+                         if clips and r > 0 and not split_counts[s]["clips"]],
             "realised": {s: {"clips": v["clips"], "seconds": round(v["seconds"], 3),
                              "people": sorted(v["people"]), "videos": sorted(v["videos"])}
                          for s, v in split_counts.items()},
@@ -285,6 +292,13 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _more(rows: Sequence[Any]) -> str:
+    if len(rows) <= HTML_ROWS:
+        return ""
+    return (f"<p>The first {HTML_ROWS} of {len(rows)}; <code>report.json</code> lists all of "
+            "them.</p>")
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """A self-contained page (no scripts, no external files) from :func:`build_report`'s data."""
     esc = html.escape
@@ -298,7 +312,8 @@ def render_html(report: Mapping[str, Any]) -> str:
                     ((p["person_id"], p["name"], p["n_kept"], p["threshold"], p["est_far"],
                       p["clips"]) for p in report["people"])),
              f"<h2>Splits</h2><p>Grouped by <code>{esc(report['splits']['group_by'])}</code> "
-             f"(seed {report['splits']['seed']}); leakage: {esc(report['splits']['leakage'])}.</p>",
+             f"(seed {report['splits']['seed']}); leakage: {esc(report['splits']['leakage'])}."
+             + "".join(f" {esc(w)}" for w in report["splits"]["warnings"]) + "</p>",
              _table(("split", "target share", "clips", "seconds", "people", "videos"),
                     ((s, report["splits"]["ratios"][s], v["clips"], v["seconds"], v["people"],
                       v["videos"]) for s, v in report["splits"]["realised"].items())),
@@ -310,18 +325,18 @@ def render_html(report: Mapping[str, Any]) -> str:
                 rows.append((stage if i == 0 else "", reason if i == 0 else "",
                              info["count"] if i == 0 else "", ex.get("item_id"), ex.get("detail")))
     parts.append(_table(("stage", "reason", "count", "example item", "detail"), rows))
-    parts += ["<h2>Sources (provenance)</h2>",
+    parts += ["<h2>Sources (provenance)</h2>", _more(report["sources"]),
               _table(("source", "kind", "status", "url", "uploader", "licence", "upload date",
                       "fetched at", "sha256"),
                      ((s["source_id"], s["kind"], s["status"], s["webpage_url"] or s["url"],
                        s["uploader"], s["licence"], s["upload_date"], s["fetched_at"], s["sha256"])
-                      for s in report["sources"])),
-              "<h2>Clips (lineage)</h2>",
+                      for s in report["sources"][:HTML_ROWS])),
+              "<h2>Clips (lineage)</h2>", _more(report["clips"]),
               _table(("clip", "person", "source", "shot", "start s", "end s", "split", "FER argmax",
                       "p", "AU emotion", "speaking", "licence"),
                      ((c["clip_id"], c["person_id"], c["source_id"], c["shot_id"], c["start_s"],
                        c["end_s"], c["split"], c["argmax"], c["argmax_prob"], c["au_emotion"],
-                       c["speaking"], c["licence"]) for c in report["clips"])),
+                       c["speaking"], c["licence"]) for c in report["clips"][:HTML_ROWS])),
               "<h2>Stage parameters</h2>",
               _table(("stage", "code version", "params hash", "params"),
                      ((s, v["code_version"], v["params_hash"],
@@ -393,12 +408,9 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     leaks = check_leakage(clips, params["group_by"])
     if leaks:  # cannot happen by construction; checked anyway, as a trainer relies on it
         raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
-    empty = [s for s, r in zip(SPLITS, _ratios(params)) if r > 0
-             and not any(c["split"] == s for c in clips)]
-    if clips and empty:
-        log.warning("report: split(s) %s got no clip: %d group(s) of videos/people are too few for "
-                    "the ratios", ", ".join(empty), len({c["split_group"] for c in clips}))
     report = build_report(recipe, tables, clips, params, int(params["examples_per_reason"]))
+    for warning in report["splits"]["warnings"]:
+        log.warning("report: %s", warning)
     out = ws.root / REPORT_DIR
     atomic_write_bytes(out / "report.json",
                        (json.dumps(report, indent=1, sort_keys=False) + "\n").encode())
