@@ -340,6 +340,40 @@ def demo(workspace: Path | None, no_progress: bool) -> None:
     click.echo("demo manifests validated: dsbuilder manifest validate " + str(ws.root))
 
 
+@cli.group()
+def train() -> None:
+    """The bundled trainers, fed by the manifests (`clips`)."""
+
+
+@train.command("speech")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+@click.option("--epochs", type=int, default=None, help="Passes over the training clips (30).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (1e-3).")
+@click.option("--batch-size", type=int, default=None, help="Clips per step (16).")
+@click.option("--temperature", type=float, default=None, help="Distillation temperature (2).")
+@click.option("--window-s", type=float, default=None, help="Audio window, seconds (2).")
+@click.option("--seed", type=int, default=None, help="Seed of weights and windows (0).")
+@click.option("--all-clips", is_flag=True, help="Also clips where the person does not speak.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progress: bool,
+                 **options) -> None:
+    """Distil the face teacher into a speech-emotion student (log-mel CNN) on the clips' audio;
+    writes <workspace>/models/speech/ (model, config, metrics, model card)."""
+    from dsbuilder.train.speech import MODEL_DIR, train as train_student
+
+    _, ws = _load(recipe, workspace)
+    metrics = train_student(ws, {**options, "speaking_only": not all_clips} if all_clips
+                            else options, progress=not no_progress)
+    for split in ("train", "val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            click.echo(f"{split}: {m['clips']} clips, KL to the teacher {m['kl']:.3f} "
+                       f"(prior {m['kl_prior']:.3f}), argmax agreement {m['argmax_agreement']:.2f} "
+                       f"(prior {m['argmax_agreement_prior']:.2f})")
+    click.echo(f"model: {ws.root / MODEL_DIR}")
+
+
 from dsbuilder.cli_hmm import hmm  # noqa: E402  (light: Click only; heavy imports run in commands)
 
 cli.add_command(hmm)

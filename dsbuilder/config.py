@@ -258,6 +258,21 @@ STAGE_PARAMS["report"] = {
                                  min=0),
 }
 
+#: Options of the bundled trainers (``dsbuilder train ...``), per trainer.
+TRAIN_PARAMS: dict[str, dict[str, Param]] = {
+    "speech": {
+        "epochs": Param(int, 30, "passes over the training clips", min=1, max=10000),
+        "lr": Param(float, 1e-3, "Adam learning rate", min=1e-7, max=1.0),
+        "batch_size": Param(int, 16, "clips per step", min=1, max=4096),
+        "temperature": Param(float, 2.0, "distillation temperature (teacher and student)",
+                             min=0.1, max=20.0),
+        "window_s": Param(float, 2.0, "audio window the student hears, seconds", min=0.2,
+                          max=30.0),
+        "seed": Param(int, 0, "seed of the weights and of the windows drawn", min=0),
+        "speaking_only": Param(bool, True, "train on clips where the person speaks only"),
+    },
+}
+
 #: The label parameters the cached FER outputs depend on (others are recomputed from them).
 LABEL_FER_PARAMS = ("fer_model", "crop_fraction")
 

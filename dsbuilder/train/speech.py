@@ -1,0 +1,332 @@
+"""A speech-emotion student distilled from the face teacher (cross-modal transfer, as in EmoVoxCeleb).
+
+The ``clips`` table gives, for every clip, the face teacher's soft labels (``probs``: the clip mean of
+the FER probabilities) and the clip's 16 kHz wav. The student hears only the audio and learns to
+predict the teacher's distribution:
+
+* **input**: log-mel spectrograms (40 Slaney mel bands, 25 ms windows every 10 ms, the same
+  front-end as the voice check, :func:`dsbuilder.speaker.voice.mel_spectrogram`) of ``window_s``
+  windows: a random window of each clip per epoch in training, every window (half overlapping) at
+  evaluation, the student's probabilities averaged over them;
+* **target**: the teacher's probabilities sharpened or softened by the temperature,
+  ``p_T ∝ p^(1/T)`` (the same as dividing the teacher's logits by T);
+* **loss**: ``T² · KL(p_T ‖ softmax(z / T))`` (Hinton et al.'s distillation loss; EmoVoxCeleb keeps
+  only the teacher's argmax per clip, we keep the soft labels);
+* **network**: three conv blocks over (time, mel), global average pooling, a linear layer to the
+  seven FER classes (:data:`dsbuilder.labels.fer.FER_CLASSES`). ~25 k weights: it trains on a CPU.
+
+By default only clips where the person speaks are used (``clips.speaking``): the voice carries the
+emotion there; ``speaking_only=False`` takes every clip. The train split trains; val (else test) is
+evaluated after every epoch and the best epoch's weights are kept. Metrics say how far the student is
+from the teacher (KL at T=1, agreement of the argmax) next to the trivial student that always answers
+the train split's mean distribution: a student that does not beat that has learnt nothing.
+
+Writes ``<workspace>/models/speech/``: ``model.pt`` (a torch state dict; load with
+``torch.load(path, weights_only=True)``), ``config.json``, ``metrics.json`` and ``model_card.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import wave
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from dsbuilder import __version__
+from dsbuilder.errors import StageError
+from dsbuilder.workspace import Workspace, atomic_path, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+RATE = 16000
+FRAMES_PER_S = 100  # mel frames a second (10 ms hop)
+MODEL_DIR = Path("models") / "speech"
+
+
+@dataclass(frozen=True)
+class SpeechTrainConfig:
+    """Training options (their defaults and ranges: ``TRAIN_PARAMS["speech"]`` in dsbuilder.config)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    temperature: float
+    window_s: float
+    seed: int
+    speaking_only: bool
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> "SpeechTrainConfig":
+        from dsbuilder.config import TRAIN_PARAMS
+
+        merged = {k: p.default for k, p in TRAIN_PARAMS["speech"].items()}
+        merged.update({k: v for k, v in (values or {}).items() if v is not None})
+        unknown = set(merged) - {f.name for f in fields(cls)}
+        if unknown:
+            raise StageError(f"unknown speech training option(s): {', '.join(sorted(unknown))}")
+        return cls(**merged)
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    clip_id: str
+    wav: Path
+    probs: np.ndarray  # (7,) the teacher's
+    n_samples: int
+
+
+class TrainingError(StageError):
+    """The manifests do not hold what training needs (no clips, no audio, no training split)."""
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def read_wav(path: Path, start: int = 0, n: int | None = None) -> np.ndarray:
+    """Samples ``[start, start + n)`` of a 16-bit mono wav as float32 in [-1, 1]."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2 or w.getnchannels() != 1:
+            raise TrainingError(f"{path}: expected 16-bit mono wav")
+        w.setpos(min(start, w.getnframes()))
+        data = w.readframes(w.getnframes() - start if n is None else n)
+    return np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
+def log_mel(samples: np.ndarray) -> np.ndarray:
+    """(frames, 40) log-mel of 16 kHz samples."""
+    from dsbuilder.speaker.voice import mel_spectrogram
+
+    return np.log(mel_spectrogram(samples, RATE) + 1e-6).astype(np.float32)
+
+
+def load_clips(ws: Workspace, split: str, speaking_only: bool) -> list[AudioClip]:
+    """The clips of ``split`` that have audio (and speech, with ``speaking_only``)."""
+    from dsbuilder.manifest.io import read_table
+
+    out = []
+    for c in read_table(ws, "clips").to_pylist():
+        if c["split"] != split or not c["audio_path"] or c["probs"] is None:
+            continue
+        if speaking_only and not c["speaking"]:
+            continue
+        path = ws.abspath(c["audio_path"])
+        if not path.is_file():
+            raise TrainingError(f"clips {c['clip_id']}: audio file missing: {c['audio_path']}",
+                                "rerun the faces stage (dsbuilder run RECIPE)")
+        with wave.open(str(path), "rb") as w:
+            n = w.getnframes()
+        out.append(AudioClip(c["clip_id"], path, np.asarray(c["probs"], np.float32), n))
+    return sorted(out, key=lambda c: c.clip_id)
+
+
+def windows(clip: AudioClip, window: int, step: int) -> list[int]:
+    """Start samples of the evaluation windows of a clip (one when it is shorter than a window)."""
+    if clip.n_samples <= window:
+        return [0]
+    return list(range(0, clip.n_samples - window + 1, step))
+
+
+def features(clip: AudioClip, start: int, window: int) -> np.ndarray:
+    """Log-mel of ``window`` samples from ``start`` (zero-padded past the clip's end)."""
+    x = read_wav(clip.wav, start, window)
+    if len(x) < window:
+        x = np.pad(x, (0, window - len(x)))
+    return log_mel(x)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``p^(1/T)`` renormalised: the teacher's logits divided by T."""
+    logp = np.log(np.clip(probs, 1e-8, 1.0)) / temperature
+    e = np.exp(logp - logp.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+def build_student(n_classes: int = 7):
+    import torch.nn as nn
+
+    def block(cin: int, cout: int) -> list:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return nn.Sequential(*block(1, 16), nn.MaxPool2d(2), *block(16, 32), nn.MaxPool2d(2),
+                         *block(32, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(32, n_classes))
+
+
+def _normalise(x, mean: float, std: float):
+    return (x - mean) / std
+
+
+def predict(model, clips: Sequence[AudioClip], window: int, mean: float, std: float) -> np.ndarray:
+    """The student's probabilities per clip: the mean over its half-overlapping windows."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for c in clips:
+            feats = np.stack([features(c, s, window) for s in windows(c, window, window // 2)])
+            x = _normalise(torch.from_numpy(feats)[:, None], mean, std)
+            out.append(torch.softmax(model(x), dim=1).mean(dim=0).numpy())
+    return np.stack(out) if out else np.zeros((0, 7), np.float32)
+
+
+def kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean KL(p ‖ q) over rows, nats."""
+    p, q = np.clip(p, 1e-8, 1.0), np.clip(q, 1e-8, 1.0)
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+
+def scores(teacher: np.ndarray, student: np.ndarray, prior: np.ndarray) -> dict[str, float]:
+    """How close the student is to the teacher, next to always answering the train prior."""
+    if not len(teacher):
+        return {}
+    trivial = np.repeat(prior[None], len(teacher), axis=0)
+    return {"clips": len(teacher), "kl": kl(teacher, student), "kl_prior": kl(teacher, trivial),
+            "argmax_agreement": float(np.mean(teacher.argmax(1) == student.argmax(1))),
+            "argmax_agreement_prior": float(np.mean(teacher.argmax(1) == prior.argmax()))}
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def train(ws: Workspace, options: Mapping[str, Any] | SpeechTrainConfig | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train the student on the workspace's ``clips``; write the model files; return the metrics."""
+    import torch
+    from tqdm import tqdm
+
+    from dsbuilder.labels.fer import FER_CLASSES
+    from dsbuilder.torch_threads import torch_threads
+
+    cfg = options if isinstance(options, SpeechTrainConfig) else \
+        SpeechTrainConfig.from_mapping(options)
+    train_clips = load_clips(ws, "train", cfg.speaking_only)
+    if not train_clips:
+        raise TrainingError(
+            "no training clip with audio" + (" where the person speaks" if cfg.speaking_only else ""),
+            "run the pipeline to the report stage first (dsbuilder run RECIPE)"
+            + ("; or train on every clip with --all-clips" if cfg.speaking_only else ""))
+    held_split = next((s for s in ("val", "test") if load_clips(ws, s, cfg.speaking_only)), None)
+    held = load_clips(ws, held_split, cfg.speaking_only) if held_split else []
+    window = int(round(cfg.window_s * RATE))
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # input normalisation from the training clips' first windows
+    sample = np.concatenate([features(c, 0, window).ravel() for c in train_clips])
+    mean, std = float(sample.mean()), float(sample.std() or 1.0)
+    teacher_train = np.stack([c.probs for c in train_clips])
+    prior = teacher_train.mean(axis=0)
+    targets = torch.from_numpy(soften(teacher_train, cfg.temperature))
+
+    model = build_student(len(FER_CLASSES))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, Any]] | None = None
+    with torch_threads(1):
+        for epoch in tqdm(range(cfg.epochs), desc="train speech", unit="epoch",
+                          disable=not progress):
+            model.train()
+            order = rng.permutation(len(train_clips))
+            total, n = 0.0, 0
+            for b in range(0, len(order), cfg.batch_size):
+                idx = order[b:b + cfg.batch_size]
+                starts = [int(rng.integers(0, max(1, train_clips[i].n_samples - window + 1)))
+                          for i in idx]
+                x = torch.from_numpy(np.stack([features(train_clips[i], s, window)
+                                               for i, s in zip(idx, starts)]))[:, None]
+                logits = model(_normalise(x, mean, std)) / cfg.temperature
+                loss = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1), targets[idx],
+                                                  reduction="batchmean") * cfg.temperature ** 2
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                n += len(idx)
+            row = {"epoch": epoch + 1, "train_loss": total / n}
+            if held:
+                row[f"{held_split}_kl"] = scores(np.stack([c.probs for c in held]),
+                                                 predict(model, held, window, mean, std),
+                                                 prior)["kl"]
+            history.append(row)
+            # the best epoch: on the held-out clips, else on the training loss
+            key = row.get(f"{held_split}_kl", row["train_loss"])
+            if best is None or key < best[0]:
+                best = (key, epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        assert best is not None
+        model.load_state_dict(best[2])
+        metrics: dict[str, Any] = {
+            "train": scores(teacher_train, predict(model, train_clips, window, mean, std), prior),
+            "history": history, "best_epoch": best[1],
+        }
+        if held:
+            metrics[held_split] = scores(np.stack([c.probs for c in held]),
+                                         predict(model, held, window, mean, std), prior)
+    config = {**asdict(cfg), "classes": list(FER_CLASSES), "input": {
+        "rate": RATE, "window_samples": window, "features": "log-mel, 40 Slaney bands, 25 ms / 10 ms",
+        "mean": mean, "std": std}, "train_clips": [c.clip_id for c in train_clips],
+        "held_out_split": held_split, "held_out_clips": [c.clip_id for c in held],
+        "dsbuilder_version": __version__}
+    _write(ws, model, config, metrics)
+    return metrics
+
+
+def _write(ws: Workspace, model, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+    import torch
+
+    out = ws.root / MODEL_DIR
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "metrics.json",
+                       (json.dumps(_rounded(metrics), indent=1) + "\n").encode())
+    atomic_write_bytes(out / "model_card.md", model_card(config, metrics).encode())
+
+
+def _rounded(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
+
+
+def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    held = config["held_out_split"]
+
+    def line(name: str, m: Mapping[str, Any]) -> str:
+        return (f"| {name} | {m['clips']} | {m['kl']:.3f} | {m['kl_prior']:.3f} | "
+                f"{m['argmax_agreement']:.2f} | {m['argmax_agreement_prior']:.2f} |")
+
+    rows = [line("train", metrics["train"])] + ([line(held, metrics[held])] if held else [])
+    data = (f"{len(config['train_clips'])} training clips"
+            + (" where the person speaks" if config["speaking_only"] else " (speaking or not)")
+            + (f"; held out: {len(config['held_out_clips'])} clips of the {held} split." if held
+               else "; no held-out split had clips: the figures below are on the training clips "
+                    "only.")
+            + f" Best epoch: {metrics['best_epoch']}.")
+    return "\n".join([
+        "# Model card: speech-emotion student", "",
+        f"dsbuilder {config['dsbuilder_version']}. A small CNN over log-mel spectrograms of "
+        f"{config['window_s']:g} s windows, trained to reproduce the face teacher's FER soft labels "
+        f"of each clip from its audio (distillation at temperature {config['temperature']:g}, "
+        f"{config['epochs']} epochs, lr {config['lr']:g}, seed {config['seed']}). Classes: "
+        + ", ".join(config["classes"]) + ".", "",
+        "## Data", "", data, "",
+        "## How close to the teacher", "",
+        "KL(teacher ‖ student) in nats at T = 1 (lower is better) and agreement of the argmax, next to "
+        "a student that always answers the training clips' mean distribution (`prior`).", "",
+        "| split | clips | KL | KL prior | argmax agreement | agreement prior |",
+        "|---|---:|---:|---:|---:|---:|", *rows, "",
+        "## Limits", "",
+        "- The targets are a face model's guesses (a FER2013 mini-Xception), not human labels of "
+        "the voice: the student learns what in the voice goes with the face's expression.",
+        "- Few clips or few people make the figures noisy; a student no better than the prior has "
+        "learnt nothing.", ""])
