@@ -47,7 +47,7 @@ def digest(path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def hamilton_workspace(shared_media, tmp_path_factory):
-    """The whole pipeline (scrape ... label) on short_hamilton_clip.mp4 with the reference photos of
+    """The whole pipeline (scrape ... report) on short_hamilton_clip.mp4 with the reference photos of
     Lin-Manuel Miranda (whose video it is) and Alex Lacamoire; shared by the real-media acceptance
     tests of several stages."""
     from dsbuilder import pipeline

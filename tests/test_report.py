@@ -193,3 +193,22 @@ def test_html_lists_a_bounded_number_of_rows(demo_ws, monkeypatch):
     assert f"The first 2 of {len(report['clips'])}" in page
     clips_section = page.split("<h2>Clips (lineage)</h2>")[1].split("<h2>")[0]
     assert clips_section.count("<tr>") == 1 + 2  # the header and two clips
+
+
+@pytest.mark.realmedia
+def test_real_hamilton_report(hamilton_workspace):
+    """The whole pipeline on the real clip: Lin's clips (the close-up, where he sings, among them)
+    are in one split with their video, the audience face's rejection is in the report with its
+    detail, and the video's provenance is there."""
+    ws = hamilton_workspace
+    clips = read_table(ws, "clips").to_pylist()
+    assert clips and {c["person_id"] for c in clips} == {"lin"}
+    assert len({c["split"] for c in clips}) == 1  # one video, one person: one group
+    close_up = [c for c in clips if c["start_s"] >= 3.5 and c["end_s"] <= 8.0]
+    assert close_up and close_up[0]["speaking"] and close_up[0]["speaking_s"] > 1.0
+    report = json.loads((ws.root / "report" / "report.json").read_text())
+    not_target = report["rejections"]["faces"]["not_target"]
+    assert not_target["count"] >= 1 and "nearest person" in not_target["examples"][0]["detail"]
+    (video,) = [s for s in report["sources"] if s["kind"] == "video"]
+    assert video["sha256"] and video["local_path"] and video["status"] == "ok"
+    assert validate(ws)[0] == []
