@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
@@ -195,11 +195,10 @@ class TrackFrames:
 
 
 @dataclass
-class TrackResult:
-    """One track: its ``tracks`` row, why it was rejected, and (kept tracks) its frames and files."""
+class TrackSpan:
+    """What a finished track covers and how it was judged (shared by :class:`JudgedTrack` and
+    :class:`TrackResult`)."""
 
-    track_id: str
-    source_id: str
     shot_id: str
     start_frame: int
     end_frame: int
@@ -211,8 +210,19 @@ class TrackResult:
     mean_face_px: float
     median_yaw: float | None
     kept: bool
-    reason: str | None = None
-    detail: str | None = None  # of the rejection
+    reason: str | None  # rejection code
+    detail: str | None  # of the rejection
+
+    def span(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(TrackSpan)}
+
+
+@dataclass
+class TrackResult(TrackSpan):
+    """One track: its ``tracks`` row, why it was rejected, and (kept tracks) its frames and files."""
+
+    track_id: str
+    source_id: str
     person_id: str | None = None
     distance: float | None = None
     threshold: float | None = None
@@ -257,24 +267,11 @@ class VideoFaces:
 # --- one video -----------------------------------------------------------------------------------
 
 @dataclass
-class JudgedTrack:
+class JudgedTrack(TrackSpan):
     """A finished track after judging: geometry is kept only for kept tracks (or for the preview)."""
 
     raw: RawTrack | None
-    shot_id: str
     first_left: float
-    start_frame: int
-    end_frame: int
-    start_s: float
-    end_s: float
-    n_frames: int
-    n_detections: int
-    mean_face_px: float
-    median_yaw: float | None
-    kept: bool
-    reason: str | None
-    detail: str | None
-    n_embeddings: int
     identity: Identity
     yaw_pitch: np.ndarray | None  # (n, 2) for kept tracks
 
@@ -425,11 +422,8 @@ def process_video(path: str | Path, shots: Sequence[Any], dictionary: Dictionary
         f = files.get(track_id)
         ident = j.identity
         result.tracks.append(TrackResult(
-            track_id=track_id, source_id=source_id, shot_id=j.shot_id, start_frame=j.start_frame,
-            end_frame=j.end_frame, start_s=j.start_s, end_s=j.end_s, n_frames=j.n_frames,
-            n_detections=j.n_detections, n_embeddings=j.n_embeddings, mean_face_px=j.mean_face_px,
-            median_yaw=j.median_yaw, kept=j.kept, reason=j.reason, detail=j.detail,
-            person_id=ident.person_id, distance=ident.distance, threshold=ident.threshold,
+            **j.span(), track_id=track_id, source_id=source_id, person_id=ident.person_id,
+            distance=ident.distance, threshold=ident.threshold,
             second_person_id=ident.second_person_id, second_distance=ident.second_distance,
             crop_path=str(f.video_path) if f else None, crop_sha256=f.video_sha256 if f else None,
             audio_path=str(f.audio_path) if f and f.audio_path else None,
