@@ -67,3 +67,20 @@ def hamilton_workspace(shared_media, tmp_path_factory):
     ws = Workspace.open(tmp / "ws")
     pipeline.run(recipe, ws, progress=False)
     return ws
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory):
+    """The offline demo's whole pipeline (scrape ... report), run once: ``(recipe, workspace)``."""
+    from dsbuilder import demo, pipeline
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.workspace import Workspace
+
+    d = tmp_path_factory.mktemp("demo-pipeline")
+    demo.make_media(d / "demo-media")
+    recipe_path = d / "demo.yaml"
+    recipe_path.write_text((demo.REPO / "recipes" / "demo.yaml").read_text())
+    recipe = load_recipe(recipe_path, d / "ws")
+    ws = Workspace.open(d / "ws")
+    pipeline.run(recipe, ws, progress=False)
+    return recipe, ws

@@ -83,19 +83,9 @@ def test_check_leakage_names_the_clip_and_what_leaked():
     assert "clips a" in problem and "person_id ann" in problem and "'test', 'train'" in problem
 
 
-@pytest.fixture(scope="module")
-def demo_ws(tmp_path_factory):
-    """The offline demo's pipeline, run once up to the report."""
-    from dsbuilder import demo
-
-    d = tmp_path_factory.mktemp("report-demo")
-    demo.make_media(d / "demo-media")
-    recipe_path = d / "demo.yaml"
-    recipe_path.write_text((demo.REPO / "recipes" / "demo.yaml").read_text())
-    recipe = load_recipe(recipe_path, d / "ws")
-    ws = Workspace.open(d / "ws")
-    pipeline.run(recipe, ws, progress=False)
-    return recipe, ws
+@pytest.fixture()
+def demo_ws(demo_workspace):
+    return demo_workspace
 
 
 def test_clips_are_the_labelled_kept_tracks_with_their_lineage(demo_ws):
