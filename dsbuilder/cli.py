@@ -368,7 +368,7 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
     for split in ("train", "val", "test"):
         if split in metrics:
             m = metrics[split]
-            click.echo(f"{split}: {m['clips']} clips, KL to the teacher {m['kl']:.3f} "
+            click.echo(f"{split}: {m['items']} clips, KL to the teacher {m['kl']:.3f} "
                        f"(prior {m['kl_prior']:.3f}), argmax agreement {m['argmax_agreement']:.2f} "
                        f"(prior {m['argmax_agreement_prior']:.2f})")
     click.echo(f"model: {ws.root / MODEL_DIR}")

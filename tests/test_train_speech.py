@@ -62,7 +62,7 @@ def test_the_student_learns_what_the_audio_tells_about_the_teachers_labels(tmp_p
     ws = make_clips(tmp_path / "ws")
     metrics = speech.train(ws, OPTIONS, progress=False)
     val = metrics["val"]
-    assert val["clips"] == 10
+    assert val["items"] == 10
     # far better than always answering the training prior, on clips it never saw
     assert val["kl"] < 0.5 * val["kl_prior"], val
     assert val["argmax_agreement"] >= 0.9 > val["argmax_agreement_prior"]
@@ -103,7 +103,7 @@ def test_without_training_clips_it_says_what_to_do(tmp_path):
         speech.train(ws, OPTIONS, progress=False)
     assert "--all-clips" in err.value.hint
     metrics = speech.train(ws, {**OPTIONS, "epochs": 1, "speaking_only": False}, progress=False)
-    assert metrics["train"]["clips"] == 4 and "val" not in metrics
+    assert metrics["train"]["items"] == 4 and "val" not in metrics
     with pytest.raises(speech.TrainingError, match="no training clip"):
         speech.train(Workspace.open(tmp_path / "empty"), OPTIONS, progress=False)
 

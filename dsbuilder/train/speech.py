@@ -27,9 +27,7 @@ Writes ``<workspace>/models/speech/``: ``model.pt`` (a torch state dict; load wi
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import wave
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,7 +37,11 @@ import numpy as np
 
 from dsbuilder import __version__
 from dsbuilder.errors import StageError
-from dsbuilder.workspace import Workspace, atomic_path, atomic_write_bytes
+from dsbuilder.train.distil import (TrainingError, fit, kl, score_table, scores, soften,
+                                    write_model)
+from dsbuilder.workspace import Workspace
+
+__all__ = ["TrainingError", "kl", "soften", "train", "build_student", "predict", "load_clips"]
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,6 @@ class AudioClip:
     wav: Path
     probs: np.ndarray  # (7,) the teacher's
     n_samples: int
-
-
-class TrainingError(StageError):
-    """The manifests do not hold what training needs (no clips, no audio, no training split)."""
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -138,13 +136,6 @@ def features(clip: AudioClip, start: int, window: int) -> np.ndarray:
     return log_mel(x)
 
 
-def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``p^(1/T)`` renormalised: the teacher's logits divided by T."""
-    logp = np.log(np.clip(probs, 1e-8, 1.0)) / temperature
-    e = np.exp(logp - logp.max(axis=-1, keepdims=True))
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
 # --- model ---------------------------------------------------------------------------------------
 
 def build_student(n_classes: int = 7):
@@ -176,29 +167,12 @@ def predict(model, clips: Sequence[AudioClip], window: int, mean: float, std: fl
     return np.stack(out) if out else np.zeros((0, 7), np.float32)
 
 
-def kl(p: np.ndarray, q: np.ndarray) -> float:
-    """Mean KL(p ‖ q) over rows, nats."""
-    p, q = np.clip(p, 1e-8, 1.0), np.clip(q, 1e-8, 1.0)
-    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
-
-
-def scores(teacher: np.ndarray, student: np.ndarray, prior: np.ndarray) -> dict[str, float]:
-    """How close the student is to the teacher, next to always answering the train prior."""
-    if not len(teacher):
-        return {}
-    trivial = np.repeat(prior[None], len(teacher), axis=0)
-    return {"clips": len(teacher), "kl": kl(teacher, student), "kl_prior": kl(teacher, trivial),
-            "argmax_agreement": float(np.mean(teacher.argmax(1) == student.argmax(1))),
-            "argmax_agreement_prior": float(np.mean(teacher.argmax(1) == prior.argmax()))}
-
-
 # --- training ------------------------------------------------------------------------------------
 
 def train(ws: Workspace, options: Mapping[str, Any] | SpeechTrainConfig | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train the student on the workspace's ``clips``; write the model files; return the metrics."""
     import torch
-    from tqdm import tqdm
 
     from dsbuilder.labels.fer import FER_CLASSES
     from dsbuilder.torch_threads import torch_threads
@@ -214,98 +188,50 @@ def train(ws: Workspace, options: Mapping[str, Any] | SpeechTrainConfig | None =
     held_split = next((s for s in ("val", "test") if load_clips(ws, s, cfg.speaking_only)), None)
     held = load_clips(ws, held_split, cfg.speaking_only) if held_split else []
     window = int(round(cfg.window_s * RATE))
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
     # input normalisation from the training clips' first windows
     sample = np.concatenate([features(c, 0, window).ravel() for c in train_clips])
     mean, std = float(sample.mean()), float(sample.std() or 1.0)
     teacher_train = np.stack([c.probs for c in train_clips])
+    teacher_held = np.stack([c.probs for c in held]) if held else None
     prior = teacher_train.mean(axis=0)
-    targets = torch.from_numpy(soften(teacher_train, cfg.temperature))
 
+    def batch(idx: np.ndarray, rng) -> "torch.Tensor":
+        # a random window of each clip
+        starts = [int(rng.integers(0, max(1, train_clips[i].n_samples - window + 1))) for i in idx]
+        feats = np.stack([features(train_clips[i], s, window) for i, s in zip(idx, starts)])
+        return _normalise(torch.from_numpy(feats)[:, None], mean, std)
+
+    def log_probs(model, x):
+        return torch.log_softmax(model(x) / cfg.temperature, dim=1)
+
+    def held_kl(model) -> float:
+        return kl(teacher_held, predict(model, held, window, mean, std))
+
+    torch.manual_seed(cfg.seed)  # the initial weights
     model = build_student(len(FER_CLASSES))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, Any]] | None = None
     with torch_threads(1):
-        for epoch in tqdm(range(cfg.epochs), desc="train speech", unit="epoch",
-                          disable=not progress):
-            model.train()
-            order = rng.permutation(len(train_clips))
-            total, n = 0.0, 0
-            for b in range(0, len(order), cfg.batch_size):
-                idx = order[b:b + cfg.batch_size]
-                starts = [int(rng.integers(0, max(1, train_clips[i].n_samples - window + 1)))
-                          for i in idx]
-                x = torch.from_numpy(np.stack([features(train_clips[i], s, window)
-                                               for i, s in zip(idx, starts)]))[:, None]
-                logits = model(_normalise(x, mean, std)) / cfg.temperature
-                loss = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1), targets[idx],
-                                                  reduction="batchmean") * cfg.temperature ** 2
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                n += len(idx)
-            row = {"epoch": epoch + 1, "train_loss": total / n}
-            if held:
-                row[f"{held_split}_kl"] = scores(np.stack([c.probs for c in held]),
-                                                 predict(model, held, window, mean, std),
-                                                 prior)["kl"]
-            history.append(row)
-            # the best epoch: on the held-out clips, else on the training loss
-            key = row.get(f"{held_split}_kl", row["train_loss"])
-            if best is None or key < best[0]:
-                best = (key, epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        assert best is not None
-        model.load_state_dict(best[2])
+        history, best_epoch = fit(
+            model, teacher_train, batch, log_probs, held_kl if held else None, epochs=cfg.epochs,
+            lr=cfg.lr, batch_size=cfg.batch_size, temperature=cfg.temperature, seed=cfg.seed,
+            desc="train speech", progress=progress)
         metrics: dict[str, Any] = {
             "train": scores(teacher_train, predict(model, train_clips, window, mean, std), prior),
-            "history": history, "best_epoch": best[1],
-        }
+            "history": history, "best_epoch": best_epoch}
         if held:
-            metrics[held_split] = scores(np.stack([c.probs for c in held]),
-                                         predict(model, held, window, mean, std), prior)
+            metrics[held_split] = scores(teacher_held, predict(model, held, window, mean, std),
+                                         prior)
     config = {**asdict(cfg), "classes": list(FER_CLASSES), "input": {
         "rate": RATE, "window_samples": window, "features": "log-mel, 40 Slaney bands, 25 ms / 10 ms",
         "mean": mean, "std": std}, "train_clips": [c.clip_id for c in train_clips],
         "held_out_split": held_split, "held_out_clips": [c.clip_id for c in held],
         "dsbuilder_version": __version__}
-    _write(ws, model, config, metrics)
+    write_model(ws.root / MODEL_DIR, model, config, metrics, model_card(config, metrics))
     return metrics
-
-
-def _write(ws: Workspace, model, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
-    import torch
-
-    out = ws.root / MODEL_DIR
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
-    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=1) + "\n").encode())
-    atomic_write_bytes(out / "metrics.json",
-                       (json.dumps(_rounded(metrics), indent=1) + "\n").encode())
-    atomic_write_bytes(out / "model_card.md", model_card(config, metrics).encode())
-
-
-def _rounded(v: Any) -> Any:
-    if isinstance(v, float):
-        return round(v, 6) if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _rounded(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_rounded(x) for x in v]
-    return v
 
 
 def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     held = config["held_out_split"]
 
-    def line(name: str, m: Mapping[str, Any]) -> str:
-        return (f"| {name} | {m['clips']} | {m['kl']:.3f} | {m['kl_prior']:.3f} | "
-                f"{m['argmax_agreement']:.2f} | {m['argmax_agreement_prior']:.2f} |")
-
-    rows = [line("train", metrics["train"])] + ([line(held, metrics[held])] if held else [])
     data = (f"{len(config['train_clips'])} training clips"
             + (" where the person speaks" if config["speaking_only"] else " (speaking or not)")
             + (f"; held out: {len(config['held_out_clips'])} clips of the {held} split." if held
@@ -323,8 +249,7 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
         "## How close to the teacher", "",
         "KL(teacher ‖ student) in nats at T = 1 (lower is better) and agreement of the argmax, next to "
         "a student that always answers the training clips' mean distribution (`prior`).", "",
-        "| split | clips | KL | KL prior | argmax agreement | agreement prior |",
-        "|---|---:|---:|---:|---:|---:|", *rows, "",
+        *score_table(metrics, ["train", held] if held else ["train"], "clips"), "",
         "## Limits", "",
         "- The targets are a face model's guesses (a FER2013 mini-Xception), not human labels of "
         "the voice: the student learns what in the voice goes with the face's expression.",
