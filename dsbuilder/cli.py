@@ -365,13 +365,41 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
     _, ws = _load(recipe, workspace)
     metrics = train_student(ws, {**options, "speaking_only": not all_clips} if all_clips
                             else options, progress=not no_progress)
+    _echo_scores(metrics, "clips")
+    click.echo(f"model: {ws.root / MODEL_DIR}")
+
+
+@train.command("fer")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+@click.option("--epochs", type=int, default=None, help="Passes over the training frames (10).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (1e-4).")
+@click.option("--batch-size", type=int, default=None, help="Frames per step (64).")
+@click.option("--temperature", type=float, default=None, help="Distillation temperature (2).")
+@click.option("--seed", type=int, default=None, help="Seed (0).")
+@click.option("--target", type=click.Choice(("smoothed", "frame")), default=None,
+              help="The teacher's labels smoothed over time (default) or per frame.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def train_fer(recipe: Path, workspace: Path | None, no_progress: bool, **options) -> None:
+    """Fine-tune the FER teacher on the clips' face crops with its own soft labels smoothed over
+    time; writes <workspace>/models/fer/ (model.pt, model.onnx for stages.label.fer_model,
+    config, metrics, model card)."""
+    from dsbuilder.train.fer import MODEL_DIR, train as train_student
+
+    rec, ws = _load(recipe, workspace)
+    metrics = train_student(ws, options, crop_fraction=rec.stages["label"]["crop_fraction"],
+                            progress=not no_progress)
+    _echo_scores(metrics, "frames")
+    click.echo(f"model: {ws.root / MODEL_DIR}")
+
+
+def _echo_scores(metrics, unit: str) -> None:
     for split in ("train", "val", "test"):
         if split in metrics:
             m = metrics[split]
-            click.echo(f"{split}: {m['items']} clips, KL to the teacher {m['kl']:.3f} "
+            click.echo(f"{split}: {m['items']} {unit}, KL to the teacher {m['kl']:.3f} "
                        f"(prior {m['kl_prior']:.3f}), argmax agreement {m['argmax_agreement']:.2f} "
                        f"(prior {m['argmax_agreement_prior']:.2f})")
-    click.echo(f"model: {ws.root / MODEL_DIR}")
 
 
 from dsbuilder.cli_hmm import hmm  # noqa: E402  (light: Click only; heavy imports run in commands)

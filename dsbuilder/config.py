@@ -271,6 +271,17 @@ TRAIN_PARAMS: dict[str, dict[str, Param]] = {
         "seed": Param(int, 0, "seed of the weights and of the windows drawn", min=0),
         "speaking_only": Param(bool, True, "train on clips where the person speaks only"),
     },
+    "fer": {
+        "epochs": Param(int, 10, "passes over the training frames", min=1, max=10000),
+        "lr": Param(float, 1e-4, "Adam learning rate", min=1e-7, max=1.0),
+        "batch_size": Param(int, 64, "frames per step", min=1, max=4096),
+        "temperature": Param(float, 2.0, "distillation temperature (teacher and student)",
+                             min=0.1, max=20.0),
+        "seed": Param(int, 0, "seed of the order of the frames", min=0),
+        "target": Param(str, "smoothed", "the teacher's labels over time (fer_probs_smoothed) or "
+                        "per frame (fer_probs)", choices=("smoothed", "frame")),
+        "max_frames_per_clip": Param(int, 64, "frames used per clip, evenly spread", min=1),
+    },
 }
 
 #: The label parameters the cached FER outputs depend on (others are recomputed from them).
