@@ -345,15 +345,27 @@ def train() -> None:
     """The bundled trainers, fed by the manifests (`clips`)."""
 
 
+def _train_options(trainer: str):
+    """A ``--name`` option for each of the trainer's options in ``TRAIN_PARAMS`` (flags aside),
+    with its help and default from there."""
+    from dsbuilder.config import TRAIN_PARAMS
+
+    def decorate(f):
+        for name, p in reversed(TRAIN_PARAMS[trainer].items()):
+            if p.type is bool:
+                continue
+            kind = click.Choice(p.choices) if p.choices else p.type
+            f = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
+                             help=f"{p.help[:1].upper()}{p.help[1:]} ({p.default}).")(f)
+        return f
+
+    return decorate
+
+
 @train.command("speech")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_workspace_option
-@click.option("--epochs", type=int, default=None, help="Passes over the training clips (30).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate (1e-3).")
-@click.option("--batch-size", type=int, default=None, help="Clips per step (16).")
-@click.option("--temperature", type=float, default=None, help="Distillation temperature (2).")
-@click.option("--window-s", type=float, default=None, help="Audio window, seconds (2).")
-@click.option("--seed", type=int, default=None, help="Seed of weights and windows (0).")
+@_train_options("speech")
 @click.option("--all-clips", is_flag=True, help="Also clips where the person does not speak.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progress: bool,
@@ -363,8 +375,8 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
     from dsbuilder.train.speech import MODEL_DIR, train as train_student
 
     _, ws = _load(recipe, workspace)
-    metrics = train_student(ws, {**options, "speaking_only": not all_clips} if all_clips
-                            else options, progress=not no_progress)
+    metrics = train_student(ws, {**options, "speaking_only": not all_clips},
+                            progress=not no_progress)
     _echo_scores(metrics, "clips")
     click.echo(f"model: {ws.root / MODEL_DIR}")
 
@@ -372,13 +384,7 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
 @train.command("fer")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_workspace_option
-@click.option("--epochs", type=int, default=None, help="Passes over the training frames (10).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate (1e-4).")
-@click.option("--batch-size", type=int, default=None, help="Frames per step (64).")
-@click.option("--temperature", type=float, default=None, help="Distillation temperature (2).")
-@click.option("--seed", type=int, default=None, help="Seed (0).")
-@click.option("--target", type=click.Choice(("smoothed", "frame")), default=None,
-              help="The teacher's labels smoothed over time (default) or per frame.")
+@_train_options("fer")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def train_fer(recipe: Path, workspace: Path | None, no_progress: bool, **options) -> None:
     """Fine-tune the FER teacher on the clips' face crops with its own soft labels smoothed over

@@ -258,26 +258,28 @@ STAGE_PARAMS["report"] = {
                                  min=0),
 }
 
+def _distil_params(epochs: int, lr: float, batch_size: int, unit: str) -> dict[str, Param]:
+    """The options every distilled student has (dsbuilder.train.distil.DistilOptions)."""
+    return {
+        "epochs": Param(int, epochs, f"passes over the training {unit}s", min=1, max=10000),
+        "lr": Param(float, lr, "Adam learning rate", min=1e-7, max=1.0),
+        "batch_size": Param(int, batch_size, f"{unit}s per step", min=1, max=4096),
+        "temperature": Param(float, 2.0, "distillation temperature (teacher and student)",
+                             min=0.1, max=20.0),
+        "seed": Param(int, 0, f"seed of the weights and of the order of the {unit}s", min=0),
+    }
+
+
 #: Options of the bundled trainers (``dsbuilder train ...``), per trainer.
 TRAIN_PARAMS: dict[str, dict[str, Param]] = {
     "speech": {
-        "epochs": Param(int, 30, "passes over the training clips", min=1, max=10000),
-        "lr": Param(float, 1e-3, "Adam learning rate", min=1e-7, max=1.0),
-        "batch_size": Param(int, 16, "clips per step", min=1, max=4096),
-        "temperature": Param(float, 2.0, "distillation temperature (teacher and student)",
-                             min=0.1, max=20.0),
-        "window_s": Param(float, 2.0, "audio window the student hears, seconds", min=0.2,
-                          max=30.0),
-        "seed": Param(int, 0, "seed of the weights and of the windows drawn", min=0),
+        **_distil_params(30, 1e-3, 16, "clip"),
+        "window_s": Param(float, 2.0, "audio window the student hears (a random one of each clip "
+                          "per epoch), seconds", min=0.2, max=30.0),
         "speaking_only": Param(bool, True, "train on clips where the person speaks only"),
     },
     "fer": {
-        "epochs": Param(int, 10, "passes over the training frames", min=1, max=10000),
-        "lr": Param(float, 1e-4, "Adam learning rate", min=1e-7, max=1.0),
-        "batch_size": Param(int, 64, "frames per step", min=1, max=4096),
-        "temperature": Param(float, 2.0, "distillation temperature (teacher and student)",
-                             min=0.1, max=20.0),
-        "seed": Param(int, 0, "seed of the order of the frames", min=0),
+        **_distil_params(10, 1e-4, 64, "frame"),
         "target": Param(str, "smoothed", "the teacher's labels over time (fer_probs_smoothed) or "
                         "per frame (fer_probs)", choices=("smoothed", "frame")),
         "max_frames_per_clip": Param(int, 64, "frames used per clip, evenly spread", min=1),

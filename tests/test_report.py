@@ -12,9 +12,7 @@ from dsbuilder import pipeline
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table, table_path
 from dsbuilder.manifest.qa import validate
-from dsbuilder.recipe import load_recipe
 from dsbuilder.stages import report as report_stage
-from dsbuilder.workspace import Workspace
 
 
 def clip(clip_id: str, person: str, video: str, seconds: float = 2.0) -> dict:

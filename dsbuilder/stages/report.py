@@ -33,7 +33,6 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from dsbuilder import __version__
@@ -363,7 +362,7 @@ def dataset_card(report: Mapping[str, Any]) -> str:
         f"{'person' if c['people'] == 1 else 'people'}, aligned face "
         f"crops (mp4) with their audio (16 kHz wav); {c['speaking_clips']} clips where the person "
         "speaks.",
-        f"- People: " + ", ".join(f"{p['person_id']} ({p['clips']} clips)"
+        "- People: " + ", ".join(f"{p['person_id']} ({p['clips']} clips)"
                                   for p in report["people"]) + ".",
         "- Labels are *soft* and machine-made: FER probabilities of a FER2013 teacher per frame "
         "and per clip, valence/arousal derived from them, geometric action-unit proxies from "

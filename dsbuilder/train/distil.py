@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +24,50 @@ from dsbuilder.workspace import atomic_path, atomic_write_bytes
 
 class TrainingError(StageError):
     """The manifests do not hold what training needs (no clips, no audio, no training split)."""
+
+
+@dataclass(frozen=True)
+class DistilOptions:
+    """The options every student has; a trainer's own options subclass it and name the trainer
+    (``TRAINER``: its key in ``TRAIN_PARAMS``, where every default and range is)."""
+
+    TRAINER: ClassVar[str] = ""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    temperature: float
+    seed: int
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None):
+        return options(cls, cls.TRAINER, values)
+
+    def fit_args(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`fit`."""
+        return {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                "temperature": self.temperature, "seed": self.seed}
+
+
+def options(cls: type, trainer: str, values: Mapping[str, Any] | None) -> Any:
+    """``cls`` (a dataclass of the trainer's options) from ``values`` over the defaults of
+    ``TRAIN_PARAMS[trainer]``; None values take the default. Unknown names and values outside a
+    parameter's choices are errors."""
+    from dataclasses import fields
+
+    from dsbuilder.config import TRAIN_PARAMS
+
+    params = TRAIN_PARAMS[trainer]
+    unknown = set(values or {}) - set(params)
+    if unknown:
+        raise StageError(f"unknown {trainer} training option(s): {', '.join(sorted(unknown))}",
+                         f"the options are: {', '.join(params)}")
+    merged = {k: p.default for k, p in params.items()}
+    merged.update({k: v for k, v in (values or {}).items() if v is not None})
+    for name, p in params.items():
+        if p.choices and merged[name] not in p.choices:
+            raise StageError(f"{name} must be {p.describe()}, got {merged[name]!r}")
+    return cls(**{f.name: merged[f.name] for f in fields(cls)})
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -21,15 +21,15 @@ package is installed: the label stage runs it with ``stages.label.fer_model: <th
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
 from dsbuilder import __version__
-from dsbuilder.errors import StageError
-from dsbuilder.train.distil import TrainingError, fit, score_table, scores, write_model
+from dsbuilder.train.distil import (DistilOptions, TrainingError, fit, kl, score_table, scores,
+                                    write_model)
 from dsbuilder.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -38,30 +38,13 @@ MODEL_DIR = Path("models") / "fer"
 
 
 @dataclass(frozen=True)
-class FerTrainConfig:
+class FerTrainConfig(DistilOptions):
     """Training options (defaults and ranges: ``TRAIN_PARAMS["fer"]`` in dsbuilder.config)."""
 
-    epochs: int
-    lr: float
-    batch_size: int
-    temperature: float
-    seed: int
+    TRAINER: ClassVar[str] = "fer"
+
     target: str
     max_frames_per_clip: int
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> "FerTrainConfig":
-        from dsbuilder.config import TRAIN_PARAMS
-
-        merged = {k: p.default for k, p in TRAIN_PARAMS["fer"].items()}
-        merged.update({k: v for k, v in (values or {}).items() if v is not None})
-        unknown = set(merged) - {f.name for f in fields(cls)}
-        if unknown:
-            raise StageError(f"unknown FER training option(s): {', '.join(sorted(unknown))}")
-        choices = TRAIN_PARAMS["fer"]["target"].choices
-        if merged["target"] not in choices:
-            raise StageError(f"target must be one of {', '.join(choices)}, got {merged['target']!r}")
-        return cls(**merged)
 
 
 @dataclass
@@ -172,8 +155,6 @@ def train(ws: Workspace, options: Mapping[str, Any] | FerTrainConfig | None = No
         return torch.log_softmax(torch.log(model(x).clamp_min(1e-8)) / cfg.temperature, dim=1)
 
     def held_kl(model) -> float:
-        from dsbuilder.train.distil import kl
-
         return kl(held.targets, predict(model, held.faces))
 
     model = build_student()
@@ -181,8 +162,7 @@ def train(ws: Workspace, options: Mapping[str, Any] | FerTrainConfig | None = No
     with torch_threads(2):
         history, best_epoch = fit(
             model, tr.targets, batch, log_probs, held_kl if held is not None else None,
-            epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
-            temperature=cfg.temperature, seed=cfg.seed, desc="train fer", progress=progress)
+            **cfg.fit_args(), desc="train fer", progress=progress)
     metrics: dict[str, Any] = {"train": scores(tr.targets, predict(model, tr.faces), prior),
                                "train_before": before, "history": history,
                                "best_epoch": best_epoch}

@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import logging
 import wave
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from dsbuilder import __version__
-from dsbuilder.errors import StageError
-from dsbuilder.train.distil import (TrainingError, fit, kl, score_table, scores, soften,
-                                    write_model)
+from dsbuilder.train.distil import (DistilOptions, TrainingError, fit, kl, score_table,
+                                    scores, soften, write_model)
 from dsbuilder.workspace import Workspace
 
 __all__ = ["TrainingError", "kl", "soften", "train", "build_student", "predict", "load_clips"]
@@ -51,27 +50,13 @@ MODEL_DIR = Path("models") / "speech"
 
 
 @dataclass(frozen=True)
-class SpeechTrainConfig:
-    """Training options (their defaults and ranges: ``TRAIN_PARAMS["speech"]`` in dsbuilder.config)."""
+class SpeechTrainConfig(DistilOptions):
+    """Training options (defaults and ranges: ``TRAIN_PARAMS["speech"]`` in dsbuilder.config)."""
 
-    epochs: int
-    lr: float
-    batch_size: int
-    temperature: float
+    TRAINER: ClassVar[str] = "speech"
+
     window_s: float
-    seed: int
     speaking_only: bool
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> "SpeechTrainConfig":
-        from dsbuilder.config import TRAIN_PARAMS
-
-        merged = {k: p.default for k, p in TRAIN_PARAMS["speech"].items()}
-        merged.update({k: v for k, v in (values or {}).items() if v is not None})
-        unknown = set(merged) - {f.name for f in fields(cls)}
-        if unknown:
-            raise StageError(f"unknown speech training option(s): {', '.join(sorted(unknown))}")
-        return cls(**merged)
 
 
 @dataclass(frozen=True)
@@ -211,8 +196,7 @@ def train(ws: Workspace, options: Mapping[str, Any] | SpeechTrainConfig | None =
     model = build_student(len(FER_CLASSES))
     with torch_threads(1):
         history, best_epoch = fit(
-            model, teacher_train, batch, log_probs, held_kl if held else None, epochs=cfg.epochs,
-            lr=cfg.lr, batch_size=cfg.batch_size, temperature=cfg.temperature, seed=cfg.seed,
+            model, teacher_train, batch, log_probs, held_kl if held else None, **cfg.fit_args(),
             desc="train speech", progress=progress)
         metrics: dict[str, Any] = {
             "train": scores(teacher_train, predict(model, train_clips, window, mean, std), prior),
