@@ -256,6 +256,9 @@ STAGE_PARAMS["report"] = {
     "split_seed": Param(int, 0, "seed of the hash that places each group in a split", min=0),
     "examples_per_reason": Param(int, 5, "rejected items listed per stage and reason in the report",
                                  min=0),
+    "review": Param(str, None, "the curator's decisions: a CSV with columns clip_id, decision "
+                    "(accept or reject) and note, relative to the recipe; a rejected clip leaves "
+                    "clips (rejection curator_rejected), an accepted one is marked", nullable=True),
 }
 
 def _distil_params(epochs: int, lr: float, batch_size: int, unit: str) -> dict[str, Param]:

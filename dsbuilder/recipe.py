@@ -94,6 +94,24 @@ class Recipe:
         }
 
 
+def _located(sm: dict, stage: str) -> dict:
+    """A stage's section as written (keys -> located values), {} when absent."""
+    return sm[stage].value if stage in sm and isinstance(sm[stage].value, dict) else {}
+
+
+def _resolve_path(v: "_Validator", sm: dict, stages: dict, stage: str, key: str, base: Path,
+                  hint: str) -> None:
+    """A path parameter: relative to the recipe's folder, made absolute; it must exist."""
+    if stages[stage][key] is None:
+        return
+    p = Path(stages[stage][key]).expanduser()
+    p = (p if p.is_absolute() else base / p).resolve()
+    if not p.exists():
+        loc = _located(sm, stage).get(key)
+        v.fail(f"stages.{stage}.{key} does not exist: {p}", loc.line if loc else None, hint)
+    stages[stage][key] = str(p)
+
+
 def params_hash(params: dict[str, Any]) -> str:
     """Stable short hash of a parameter map (key order does not matter)."""
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
@@ -328,17 +346,14 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
     v.keys(sm, list(config.STAGE_PARAMS), "stages")
     stages = {s: v.section(sm.get(s), ps, f"stages.{s}") for s, ps in config.STAGE_PARAMS.items()}
     lab = stages["label"]
-    lab_loc = sm["label"].value if "label" in sm and isinstance(sm["label"].value, dict) else {}
+    lab_loc = _located(sm, "label")
     if lab["hmm_min_states"] > lab["hmm_max_states"]:
         v.fail(f"stages.label.hmm_min_states ({lab['hmm_min_states']}) is larger than "
                f"hmm_max_states ({lab['hmm_max_states']})",
                lab_loc["hmm_min_states"].line if "hmm_min_states" in lab_loc else None)
-    if lab["au_csv"] is not None:
-        p = Path(lab["au_csv"]).expanduser()
-        p = (p if p.is_absolute() else base / p).resolve()
-        if not p.exists():
-            v.fail(f"stages.label.au_csv does not exist: {p}", lab_loc["au_csv"].line,
-                   "give a folder of <track_id>.csv files or one CSV, relative to the recipe")
-        lab["au_csv"] = str(p)
+    _resolve_path(v, sm, stages, "label", "au_csv", base,
+                  "give a folder of <track_id>.csv files or one CSV, relative to the recipe")
+    _resolve_path(v, sm, stages, "report", "review", base,
+                  "give a CSV with clip_id, decision and note columns, relative to the recipe")
     return Recipe(path=path.resolve(), name=name, workspace=ws, people=people, licences=licences,
                   limits=limits, stages=stages)

@@ -200,3 +200,47 @@ def test_real_hamilton_report(hamilton_workspace):
     (video,) = [s for s in report["sources"] if s["kind"] == "video"]
     assert video["sha256"] and video["local_path"] and video["status"] == "ok"
     assert validate(ws)[0] == []
+
+
+def test_the_curators_review_rejects_and_accepts_clips(demo_workspace, tmp_path):
+    import shutil
+
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.workspace import Workspace
+
+    recipe, demo = demo_workspace
+    ws = Workspace.open(tmp_path / "ws")
+    shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
+    before = [c["clip_id"] for c in read_table(ws, "clips").to_pylist()]
+    assert len(before) >= 2
+    review = recipe.path.with_name("review.csv")
+    review.write_text("clip_id,decision,note\n"
+                      f"{before[0]},reject,eyes closed the whole clip\n"
+                      f"{before[1]},accept,\n"
+                      "src-gone-shot0000-trk000,reject,\n")
+    reviewed = recipe.path.with_name("reviewed.yaml")
+    reviewed.write_text(recipe.path.read_text().replace(
+        "stages:\n", "stages:\n  report:\n    review: review.csv\n", 1))
+    rec = load_recipe(reviewed, ws.root)
+    assert rec.stages["report"]["review"] == str(review.resolve())
+    pipeline.run_stage("report", rec, ws, progress=False)
+    clips = {c["clip_id"]: c for c in read_table(ws, "clips").to_pylist()}
+    assert before[0] not in clips and clips[before[1]]["review"] == "accepted"
+    assert all(c["review"] is None for k, c in clips.items() if k != before[1])
+    (rej,) = [r for r in read_table(ws, "rejections").to_pylist() if r["stage"] == "report"]
+    assert (rej["item_id"], rej["reason"], rej["detail"]) == (
+        before[0], "curator_rejected", "eyes closed the whole clip")
+    report = json.loads((ws.root / "report" / "report.json").read_text())
+    assert report["review"]["not_clips"] == ["src-gone-shot0000-trk000"]
+    assert report["rejections"]["report"]["curator_rejected"]["count"] == 1
+    assert validate(ws)[0] == []
+    # a rerun gives the same bytes (the rejection keeps its time)
+    files = [table_path(ws, "clips"), table_path(ws, "rejections", "report"),
+             ws.root / "report" / "report.json"]
+    again = [digest(f) for f in files]
+    pipeline.run_stage("report", rec, ws, progress=False)
+    assert [digest(f) for f in files] == again
+    # a bad decision is an error naming the line
+    review.write_text("clip_id,decision\nx,maybe\n")
+    with pytest.raises(StageError, match="review.csv:2: decision must be accept or reject"):
+        pipeline.run_stage("report", rec, ws, progress=False)

@@ -226,7 +226,7 @@ REASONS = {
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
                        "decode_error")
 REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
-REASONS["report"] = ()  # drops nothing: a leak between splits is an error, not a rejection
+REASONS["report"] = ("curator_rejected",)  # a leak between splits is an error, not a rejection
 
 
 def _speakers_schemas(pa, ts) -> dict:
@@ -413,6 +413,7 @@ def _clips_schema(pa) -> dict:
         pa.field("sync_confidence", pa.float32()),
         pa.field("licence", pa.string()),  # the source's, copied for filtering
         pa.field("webpage_url", pa.string()),
+        pa.field("review", pa.string()),  # accepted (by the curator's review file), or null
         pa.field("split", pa.string(), nullable=False),  # train | val | test
         pa.field("split_group", pa.string(), nullable=False),  # the group kept in one split
         *_common(pa),

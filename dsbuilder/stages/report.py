@@ -41,7 +41,7 @@ from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table
 from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.stages.base import StageResult, publish
+from dsbuilder.stages.base import Rejection, StageResult, publish
 from dsbuilder.workspace import Workspace, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,59 @@ def clip_rows(tracks: Iterable[Mapping[str, Any]], label_clips: Iterable[Mapping
             "speaking_s": float(sum(x["end_s"] - x["start_s"] for x in speaking)),
             "sync_confidence": segs[0]["sync_confidence"] if segs else None,
             "licence": s.get("licence"), "webpage_url": s.get("webpage_url") or s.get("url"),
-            "split": None, "split_group": None,
+            "review": None, "split": None, "split_group": None,
         })
     return rows
+
+
+# --- the curator's review ------------------------------------------------------------------------
+
+DECISIONS = ("accept", "reject")
+
+
+def read_review(path: str | None) -> dict[str, tuple[str, str]]:
+    """``stages.report.review`` -> {clip_id: (decision, note)}. The CSV has a header with at least
+    ``clip_id`` and ``decision`` (``accept`` or ``reject``); ``note`` is optional. A later line for
+    the same clip wins."""
+    import csv
+
+    if not path:
+        return {}
+    out: dict[str, tuple[str, str]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"clip_id", "decision"} <= set(reader.fieldnames):
+            raise StageError(f"{path}: the review CSV needs clip_id and decision columns",
+                             "first line: clip_id,decision,note")
+        for line, row in enumerate(reader, start=2):
+            decision = (row["decision"] or "").strip().lower()
+            if decision not in DECISIONS:
+                raise StageError(f"{path}:{line}: decision must be accept or reject, got "
+                                 f"{row['decision']!r}")
+            out[(row["clip_id"] or "").strip()] = (decision, (row.get("note") or "").strip())
+    return out
+
+
+def apply_review(clips: list[dict[str, Any]], review: Mapping[str, tuple[str, str]],
+                 params_hash_: str, ws: Workspace) -> tuple[list[dict[str, Any]], list[Rejection],
+                                                         list[str]]:
+    """Clips the curator did not reject (accepted ones marked), rejections for the others, and
+    the reviewed ids that are not clips (any more)."""
+    from dsbuilder.stages.base import first_time
+
+    kept, rejected = [], []
+    for c in clips:
+        decision, note = review.get(c["clip_id"], (None, ""))
+        if decision == "reject":
+            rejected.append(Rejection(
+                STAGE, c["clip_id"], "curator_rejected", note or "rejected in the review file",
+                source_id=c["source_id"], person_id=c["person_id"],
+                at=first_time(ws, STAGE, f"reject\0{c['clip_id']}\0{note}", params_hash_)))
+            continue
+        c["review"] = "accepted" if decision == "accept" else None
+        kept.append(c)
+    unknown = sorted(set(review) - {c["clip_id"] for c in clips})
+    return kept, rejected, unknown
 
 
 # --- splits --------------------------------------------------------------------------------------
@@ -298,6 +348,17 @@ def _more(rows: Sequence[Any]) -> str:
             "them.</p>")
 
 
+def _review_html(review: Mapping[str, Any] | None) -> str:
+    if not review or not review["file"]:
+        return "<p>No review file (<code>stages.report.review</code>).</p>"
+    text = (f"<p>{html.escape(review['file'])}: {review['accepted']} clips accepted, "
+            f"{review['rejected']} rejected (listed under Rejections, stage report).")
+    if review["not_clips"]:
+        text += (" Reviewed ids that are not clips: "
+                 + html.escape(", ".join(review["not_clips"])) + ".")
+    return text + "</p>"
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """A self-contained page (no scripts, no external files) from :func:`build_report`'s data."""
     esc = html.escape
@@ -316,6 +377,8 @@ def render_html(report: Mapping[str, Any]) -> str:
              _table(("split", "target share", "clips", "seconds", "people", "videos"),
                     ((s, report["splits"]["ratios"][s], v["clips"], v["seconds"], v["people"],
                       v["videos"]) for s, v in report["splits"]["realised"].items())),
+             "<h2>Curator's review</h2>",
+             _review_html(report.get("review")),
              "<h2>Rejections</h2>"]
     rows = []
     for stage, reasons in report["rejections"].items():
@@ -401,13 +464,23 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
              "rejections")
     tables = {n: read_table(ws, n).to_pylist() for n in names}
     clips = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"], tables["sources"])
+    review = read_review(params["review"])
+    clips, result.rejections, unknown = apply_review(clips, review, result.params_hash, ws)
+    if unknown:
+        log.warning("report: %d reviewed clip id(s) are not clips: %s", len(unknown),
+                    ", ".join(unknown[:5]))
     if not clips:
         log.warning("report: no labelled clip yet; run the stages before it (dsbuilder run RECIPE)")
     assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]))
     leaks = check_leakage(clips, params["group_by"])
     if leaks:  # cannot happen by construction; checked anyway, as a trainer relies on it
         raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
+    tables["rejections"] = [r for r in tables["rejections"] if r["stage"] != STAGE] + [
+        r.row() for r in result.rejections]  # this run's decisions, not the last run's
     report = build_report(recipe, tables, clips, params, int(params["examples_per_reason"]))
+    report["review"] = {"file": params["review"], "accepted": sum(c["review"] == "accepted"
+                                                                  for c in clips),
+                        "rejected": len(result.rejections), "not_clips": unknown}
     for warning in report["splits"]["warnings"]:
         log.warning("report: %s", warning)
     out = ws.root / REPORT_DIR
