@@ -16,7 +16,7 @@ import click
 
 from dsbuilder import __version__
 from dsbuilder.config import STAGES
-from dsbuilder.errors import DsbuilderError
+from dsbuilder.errors import DsbuilderError, UsageError
 
 log = logging.getLogger("dsbuilder")
 
@@ -338,6 +338,33 @@ def demo(workspace: Path | None, no_progress: bool) -> None:
         raise DsbuilderError("the demo's manifests did not validate: " + problems[0],
                              "run `dsbuilder manifest validate` on the workspace for all problems")
     click.echo("demo manifests validated: dsbuilder manifest validate " + str(ws.root))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("what", required=False)
+@_workspace_option
+@click.option("--reason", help="Why (kept in the report, e.g. 'owner request of 2026-11-26').")
+@click.option("--list", "list_", is_flag=True, help="List the workspace's takedowns.")
+def takedown(recipe: Path, what: str | None, workspace: Path | None, reason: str | None,
+             list_: bool) -> None:
+    """Take a source down: WHAT is its source_id, URL, page URL, media id, or the recipe entry
+    (URL or path) that led to it. Its media and face clips are deleted now; the next
+    `dsbuilder run` rejects it (taken_down) and drops everything made from it."""
+    from dsbuilder import takedown as td
+
+    _, ws = _load(recipe, workspace)
+    if list_:
+        for t in td.Takedowns.load(ws).entries:
+            click.echo(f"{t.at}  {t.match}  {t.reason}")
+        return
+    if not what or not reason:
+        raise UsageError("takedown needs WHAT and --reason",
+                         "e.g. dsbuilder takedown RECIPE src-0123abcd --reason 'owner request'")
+    t = td.add(ws, what, reason)
+    deleted = td.purge(ws)
+    click.echo(f"taken down: {t.match} ({t.detail}); deleted {len(deleted)} file(s)")
+    click.echo(f"next: dsbuilder run {recipe} (drops it from the manifests)")
 
 
 @cli.group()

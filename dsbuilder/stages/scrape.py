@@ -180,6 +180,9 @@ class _Scrape:
         self.computed = 0
         self.cached = 0
         self._verified: set[tuple[str, str]] = set()  # raw files whose sha256 was checked
+        from dsbuilder.takedown import Takedowns
+
+        self.takedowns = Takedowns.load(ws)  # dsbuilder.takedown: never fetched, always rejected
 
     # --- fetchers, created on first use -----------------------------------------------------
     @property
@@ -375,6 +378,12 @@ class _Scrape:
         if key in self.memo:
             return self.memo[key]
         stored = self.ws.get_record(STAGE, key)
+        down = self.takedowns.of(entry.ref, (stored or {}).get("source"))
+        if down is not None:  # not fetched, not recorded (lifting the takedown restores `stored`)
+            rec = {"status": "rejected", "reason": "taken_down", "detail": down.detail,
+                   "transient": False, "at": down.at, "source": (stored or {}).get("source")}
+            self.memo[key] = rec
+            return rec
         if self.reusable(stored):
             rec = stored
             self.cached += 1
@@ -660,6 +669,19 @@ class _Scrape:
 
         rows = []
         for occs in groups.values():
+            source = occs[0].record["source"]
+            down = self.takedowns.of(None, source)
+            named = next((o.record for o in occs if o.record.get("reason") == "taken_down"), None)
+            if down is not None or named is not None:
+                detail, at = (down.detail, down.at) if down else (named["detail"], named["at"])
+                for o in occs:  # the same content reached through an entry not named goes too
+                    if o.record["status"] == "ok":
+                        result.rejections.append(Rejection(
+                            STAGE, o.item_id, "taken_down", detail, source["source_id"],
+                            o.spec.person_id, at=at))
+                rows.append(_row(occs[0], "rejected", occs))
+                self._delete_raw(source)
+                continue
             kept = next((o for o in occs if o.record["status"] == "ok"), None)
             if kept is None:  # known content, rejected for every requester: a row for auditors
                 rows.append(_row(occs[0], "rejected", occs))
@@ -678,6 +700,13 @@ class _Scrape:
             rows.append(_row(kept, "ok", members))
             self._sync_info_json(kept)
         result.rows = {"sources": rows}
+
+    def _delete_raw(self, source: dict[str, Any]) -> None:
+        """A taken-down source's media and info.json leave the workspace."""
+        for rel in (source.get("local_path"), source.get("info_json_path")):
+            if rel and self.ws.abspath(rel).is_file():
+                self.ws.abspath(rel).unlink()
+                log.info("taken down: deleted %s", rel)
 
     def _sync_info_json(self, kept: _Occurrence) -> None:
         """Make ``raw/videos/<source_id>.info.json`` the metadata of the kept requester.

@@ -1,0 +1,109 @@
+"""Taking a source down: when its owner asks, its media and everything made from it go, for good.
+
+A takedown lives in the workspace (``<workspace>/takedowns.json``), not in the recipe: it applies to
+every recipe run there, and editing the recipe cannot undo it by accident. It names a source by its
+``source_id``, its URL or page URL, its site media id, or the recipe entry that led to it (a URL or a
+local path), and gives a reason.
+
+``dsbuilder takedown RECIPE WHAT --reason TEXT`` records it and deletes at once the matching sources'
+raw files (media and yt-dlp info.json) and the face clips made from them. The next ``dsbuilder run``
+then finishes the job: the scrape stage does not fetch a taken-down entry again (even when its cache
+record says it could) and rejects the source (reason ``taken_down``, with the reason and the date in
+the detail); every later stage drops what came from it, and the faces stage removes its clips. To lift
+a takedown, delete its entry from the JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from dsbuilder.workspace import Workspace, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FILE = "takedowns.json"
+
+#: Source fields a takedown's ``match`` is compared with (besides the recipe entry's reference).
+MATCHED_FIELDS = ("source_id", "url", "webpage_url", "media_id")
+
+
+@dataclass(frozen=True)
+class Takedown:
+    match: str
+    reason: str
+    at: str  # when it was recorded (UTC, ISO 8601)
+
+    @property
+    def detail(self) -> str:
+        return f"taken down on {self.at[:10]}: {self.reason}"
+
+
+class Takedowns:
+    """The workspace's takedowns, matched against recipe entries and sources."""
+
+    def __init__(self, entries: Iterable[Takedown] = ()):
+        self.entries = list(entries)
+        self._by_match = {t.match: t for t in self.entries}
+
+    @classmethod
+    def load(cls, ws: Workspace) -> "Takedowns":
+        path = ws.root / FILE
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(Takedown(**t) for t in data.get("takedowns", []))
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def of(self, ref: str | None = None, source: Mapping[str, Any] | None = None) -> Takedown | None:
+        """The takedown that names the recipe entry ``ref`` or the ``source`` (a sources row or a
+        scrape record's source), if any."""
+        if ref and ref.strip() in self._by_match:
+            return self._by_match[ref.strip()]
+        for field in MATCHED_FIELDS:
+            value = (source or {}).get(field)
+            if value and str(value) in self._by_match:
+                return self._by_match[str(value)]
+        return None
+
+
+def add(ws: Workspace, match: str, reason: str) -> Takedown:
+    """Record a takedown (once per ``match``: a second call keeps the first reason and date)."""
+    from dsbuilder.stages.base import now_utc
+
+    match = match.strip()
+    current = Takedowns.load(ws)
+    if match in current._by_match:
+        return current._by_match[match]
+    new = Takedown(match, reason, now_utc())
+    atomic_write_json(ws.root / FILE,
+                      {"takedowns": [asdict(t) for t in [*current.entries, new]]})
+    log.info("takedown recorded: %s (%s)", match, reason)
+    return new
+
+
+def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
+    """Delete the raw files of the taken-down sources of the ``sources`` table, and the face clips
+    of their tracks. Returns the workspace-relative paths deleted."""
+    from dsbuilder.manifest.io import read_table
+
+    takedowns = takedowns if takedowns is not None else Takedowns.load(ws)
+    if not takedowns:
+        return []
+    gone = {r["source_id"]: r for r in read_table(ws, "sources").to_pylist()
+            if takedowns.of(r.get("request"), r)}
+    paths = [p for r in gone.values() for p in (r.get("local_path"), r.get("info_json_path")) if p]
+    for t in read_table(ws, "tracks").to_pylist():
+        if t["source_id"] in gone:
+            paths += [p for p in (t.get("crop_path"), t.get("audio_path")) if p]
+    deleted = []
+    for rel in paths:
+        path = ws.abspath(rel)
+        if path.is_file():
+            path.unlink()
+            deleted.append(rel)
+    return deleted
