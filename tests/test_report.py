@@ -138,15 +138,14 @@ def test_report_files_tell_where_every_clip_came_from_and_why_things_were_droppe
 
 def test_report_escapes_what_sources_say(demo_ws):
     recipe, ws = demo_ws
-    tables = {n: read_table(ws, n).to_pylist() for n in (
-        "sources", "shots", "people", "tracks", "speech", "label_clips", "labels", "segments",
-        "rejections")}
+    tables, sizes = report_stage.read_inputs(ws)
     tables["sources"][0]["uploader"] = "<script>alert(1)</script>"
     clips = report_stage.clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
                                    tables["sources"])
     report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", 0)
     params = recipe.stage_params("report")
-    page = report_stage.render_html(report_stage.build_report(recipe, tables, clips, params, 5))
+    page = report_stage.render_html(report_stage.build_report(recipe, tables, sizes, clips, params,
+                                                              5))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 

@@ -246,9 +246,9 @@ def _plain(v: Any) -> Any:
 
 
 def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
-                 clips: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-                 examples: int) -> dict[str, Any]:
-    """The report as plain data (what report.json holds)."""
+                 sizes: Mapping[str, int], clips: Sequence[Mapping[str, Any]],
+                 params: Mapping[str, Any], examples: int) -> dict[str, Any]:
+    """The report as plain data (what report.json holds), from :func:`read_inputs`."""
     from dsbuilder.stages import CODE_VERSIONS
 
     sources, rejections = tables["sources"], tables["rejections"]
@@ -276,10 +276,10 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
             "people": len(recipe.people),
             "sources": dict(sorted(Counter(f"{r['kind']}s_{r['status']}"
                                            for r in sources).items())),
-            "shots": len(tables["shots"]),
+            "shots": sizes["shots"],
             "tracks": len(tracks), "tracks_kept": sum(1 for t in tracks if t["kept"]),
-            "labelled_frames": len(tables["labels"]),
-            "segments": len(tables["segments"]),
+            "labelled_frames": sizes["labels"],
+            "segments": sizes["segments"],
             "clips": len(clips),
             "clip_seconds": round(sum(c["duration_s"] for c in clips), 3),
             "speaking_clips": sum(1 for c in clips if c["speaking"]),
@@ -455,14 +455,23 @@ def dataset_card(report: Mapping[str, Any]) -> str:
 
 # --- the stage -----------------------------------------------------------------------------------
 
+#: Tables the report reads row by row, and tables it only counts (they can be large).
+READ_TABLES = ("sources", "people", "tracks", "speech", "label_clips", "rejections")
+COUNTED_TABLES = ("shots", "labels", "segments")
+
+
+def read_inputs(ws: Workspace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The rows of :data:`READ_TABLES` and the row counts of :data:`COUNTED_TABLES`."""
+    return ({n: read_table(ws, n).to_pylist() for n in READ_TABLES},
+            {n: read_table(ws, n).num_rows for n in COUNTED_TABLES})
+
+
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
     """Write ``clips`` (with splits) and the report files. ``force`` changes nothing: the stage is
     a pure function of the manifests and takes well under a second, so it is never cached."""
     params = recipe.stage_params(STAGE)
     result = StageResult(stage=STAGE, params_hash=params_hash(params))
-    names = ("sources", "shots", "people", "tracks", "speech", "label_clips", "labels", "segments",
-             "rejections")
-    tables = {n: read_table(ws, n).to_pylist() for n in names}
+    tables, sizes = read_inputs(ws)
     clips = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"], tables["sources"])
     review = read_review(params["review"])
     clips, result.rejections, unknown = apply_review(clips, review, result.params_hash, ws)
@@ -477,7 +486,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
     tables["rejections"] = [r for r in tables["rejections"] if r["stage"] != STAGE] + [
         r.row() for r in result.rejections]  # this run's decisions, not the last run's
-    report = build_report(recipe, tables, clips, params, int(params["examples_per_reason"]))
+    report = build_report(recipe, tables, sizes, clips, params, int(params["examples_per_reason"]))
     report["review"] = {"file": params["review"], "accepted": sum(c["review"] == "accepted"
                                                                   for c in clips),
                         "rejected": len(result.rejections), "not_clips": unknown}
