@@ -96,14 +96,19 @@ def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
         return []
     gone = {r["source_id"]: r for r in read_table(ws, "sources").to_pylist()
             if takedowns.of(r.get("request"), r)}
-    paths = [p for r in gone.values() for p in (r.get("local_path"), r.get("info_json_path")) if p]
+    paths = [p for r in gone.values() for p in (r.get("local_path"), r.get("info_json_path"))]
     for t in read_table(ws, "tracks").to_pylist():
         if t["source_id"] in gone:
-            paths += [p for p in (t.get("crop_path"), t.get("audio_path")) if p]
+            paths += [t.get("crop_path"), t.get("audio_path")]
+    return delete_files(ws, paths)
+
+
+def delete_files(ws: Workspace, paths: Iterable[str | None]) -> list[str]:
+    """Delete these workspace-relative files (None and absent ones skipped); return those deleted."""
     deleted = []
     for rel in paths:
-        path = ws.abspath(rel)
-        if path.is_file():
-            path.unlink()
+        if rel and ws.abspath(rel).is_file():
+            ws.abspath(rel).unlink()
+            log.info("taken down: deleted %s", rel)
             deleted.append(rel)
     return deleted

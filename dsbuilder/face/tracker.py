@@ -16,7 +16,10 @@ How a video is processed:
   image doubled, 4x the cost) down to about 40 px. A detection is upsampled on a shot's first frame,
   every :data:`UPSAMPLE_PROBE_S` seconds after that (so a small face that appears later is found),
   and whenever a face in sight is smaller than ``upsample_below_px`` (in the detection frame).
-  ``upsample_below_px: 0`` turns upsampling off.
+  ``upsample_below_px: 0`` turns upsampling off. The whole-frame upsampled detections also report
+  faces scoring a little under HOG's threshold (:data:`WEAK_SCORE`): such a face starts a tentative
+  track, kept only when a later detection at the threshold finds it (the hysteresis of two
+  thresholds), so a small face at the threshold on a short shot's only probe is not lost.
 * **Detections run ahead, in a thread.** dlib's HOG detector releases the GIL, and the schedule is
   known in advance, so the detection of frame k+n (up to about a second ahead) runs in a thread pool
   while the main thread tracks the frames before it. Whether a detection is upsampled because a small

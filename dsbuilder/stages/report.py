@@ -41,7 +41,7 @@ from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table
 from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.stages.base import Rejection, StageResult, publish
+from dsbuilder.stages.base import Rejection, StageResult, first_time, publish
 from dsbuilder.workspace import Workspace, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,6 @@ def apply_review(clips: list[dict[str, Any]], review: Mapping[str, tuple[str, st
                                                          list[str]]:
     """Clips the curator did not reject (accepted ones marked), rejections for the others, and
     the reviewed ids that are not clips (any more)."""
-    from dsbuilder.stages.base import first_time
-
     kept, rejected = [], []
     for c in clips:
         decision, note = review.get(c["clip_id"], (None, ""))

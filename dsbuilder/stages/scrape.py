@@ -60,6 +60,7 @@ from dsbuilder.fetch.licence import normalise_licence
 from dsbuilder.recipe import Recipe, SourceSpec, params_hash
 from dsbuilder.stages import CODE_VERSIONS
 from dsbuilder.stages.base import ItemRejected, Rejection, StageResult, now_utc, publish
+from dsbuilder.takedown import Takedowns, delete_files
 from dsbuilder.workspace import Workspace, atomic_write_json, item_key, sha256_file
 
 __all__ = ["run", "normalise_licence", "source_id_for", "SOURCE_FIELDS"]
@@ -180,8 +181,6 @@ class _Scrape:
         self.computed = 0
         self.cached = 0
         self._verified: set[tuple[str, str]] = set()  # raw files whose sha256 was checked
-        from dsbuilder.takedown import Takedowns
-
         self.takedowns = Takedowns.load(ws)  # dsbuilder.takedown: never fetched, always rejected
 
     # --- fetchers, created on first use -----------------------------------------------------
@@ -680,7 +679,7 @@ class _Scrape:
                             STAGE, o.item_id, "taken_down", detail, source["source_id"],
                             o.spec.person_id, at=at))
                 rows.append(_row(occs[0], "rejected", occs))
-                self._delete_raw(source)
+                delete_files(self.ws, (source.get("local_path"), source.get("info_json_path")))
                 continue
             kept = next((o for o in occs if o.record["status"] == "ok"), None)
             if kept is None:  # known content, rejected for every requester: a row for auditors
@@ -700,13 +699,6 @@ class _Scrape:
             rows.append(_row(kept, "ok", members))
             self._sync_info_json(kept)
         result.rows = {"sources": rows}
-
-    def _delete_raw(self, source: dict[str, Any]) -> None:
-        """A taken-down source's media and info.json leave the workspace."""
-        for rel in (source.get("local_path"), source.get("info_json_path")):
-            if rel and self.ws.abspath(rel).is_file():
-                self.ws.abspath(rel).unlink()
-                log.info("taken down: deleted %s", rel)
 
     def _sync_info_json(self, kept: _Occurrence) -> None:
         """Make ``raw/videos/<source_id>.info.json`` the metadata of the kept requester.
