@@ -243,3 +243,22 @@ def test_the_curators_review_rejects_and_accepts_clips(demo_workspace, tmp_path)
     review.write_text("clip_id,decision\nx,maybe\n")
     with pytest.raises(StageError, match="review.csv:2: decision must be accept or reject"):
         pipeline.run_stage("report", rec, ws, progress=False)
+
+
+def test_croissant_describes_the_clips_table(demo_ws):
+    from dsbuilder.manifest.schema import schemas
+    from dsbuilder.workspace import sha256_file
+
+    _, ws = demo_ws
+    meta = json.loads((ws.root / "report" / "croissant.json").read_text())
+    assert meta["@type"] == "sc:Dataset" and meta["conformsTo"].endswith("croissant/1.0")
+    (dist,) = meta["distribution"]
+    assert dist["sha256"] == sha256_file(table_path(ws, "clips"))
+    assert (ws.root / dist["contentUrl"]).resolve() == table_path(ws, "clips").resolve()
+    (records,) = meta["recordSet"]
+    schema, _ = schemas()["clips"]
+    assert [f["name"] for f in records["field"]] == schema.names
+    types = {f["name"]: (f["dataType"], f.get("repeated", False)) for f in records["field"]}
+    assert types["probs"] == ("sc:Float", True) and types["speaking"] == ("sc:Boolean", False)
+    assert types["n_frames"] == ("sc:Integer", False) and types["clip_id"] == ("sc:Text", False)
+    assert meta["license"] == ["public-domain"]

@@ -9,7 +9,9 @@ Reads what the other stages published and writes:
 * ``report/report.json`` and ``report/report.html``: for an auditor, every stage's parameters and
   code version, counts, every rejection by stage and reason (with examples), the provenance of every
   source (URL, uploader, licence, fetch time, sha256, tool versions), and the lineage of every clip;
-* ``report/dataset_card.md``: a dataset card (what is in it, where it comes from, splits, limits).
+* ``report/dataset_card.md``: a dataset card (what is in it, where it comes from, splits, limits);
+* ``report/croissant.json``: Croissant 1.0 metadata of ``clips.parquet`` (MLCommons), for loaders
+  that read it.
 
 **Splits never share a video or an identity.** Clips are grouped (``group_by``): by default the
 connected groups of videos and people (two people in one video are in one group, and so is every
@@ -38,11 +40,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from dsbuilder import __version__
 from dsbuilder.config import STAGES
 from dsbuilder.errors import StageError
-from dsbuilder.manifest.io import read_table
+from dsbuilder.manifest.io import read_table, table_path
 from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import Rejection, StageResult, first_time, publish
-from dsbuilder.workspace import Workspace, atomic_write_bytes
+from dsbuilder.workspace import Workspace, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +453,75 @@ def dataset_card(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- Croissant -----------------------------------------------------------------------------------
+
+#: The JSON-LD context of Croissant 1.0 (mlcommons.org/croissant).
+CROISSANT_CONTEXT = {
+    "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs",
+    "column": "cr:column", "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/",
+    "data": {"@id": "cr:data", "@type": "@json"},
+    "dataType": {"@id": "cr:dataType", "@type": "@vocab"}, "dct": "http://purl.org/dc/terms/",
+    "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract",
+    "field": "cr:field", "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject",
+    "fileSet": "cr:fileSet", "format": "cr:format", "includes": "cr:includes",
+    "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath", "key": "cr:key",
+    "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path",
+    "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex",
+    "repeated": "cr:repeated", "replace": "cr:replace", "sc": "https://schema.org/",
+    "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField",
+    "transform": "cr:transform"}
+
+
+def _croissant_type(pa_type) -> tuple[str, bool]:
+    """(Croissant dataType, repeated) of a pyarrow column type."""
+    import pyarrow as pa
+
+    repeated = pa.types.is_list(pa_type) or pa.types.is_fixed_size_list(pa_type)
+    t = pa_type.value_type if repeated else pa_type
+    if pa.types.is_boolean(t):
+        return "sc:Boolean", repeated
+    if pa.types.is_integer(t):
+        return "sc:Integer", repeated
+    if pa.types.is_floating(t):
+        return "sc:Float", repeated
+    return "sc:Text", repeated
+
+
+def croissant(report: Mapping[str, Any], clips_file: Mapping[str, Any]) -> dict[str, Any]:
+    """Croissant 1.0 metadata of the training view: the dataset, ``clips.parquet`` (``clips_file``:
+    its ``path`` relative to the workspace, ``sha256`` and ``bytes``) and its columns."""
+    from dsbuilder.manifest.schema import schemas
+
+    schema, id_col = schemas()["clips"]
+    licences = sorted({s["licence"] or "unknown" for s in report["sources"] if s["status"] == "ok"})
+    fields = []
+    for f in schema:
+        data_type, repeated = _croissant_type(f.type)
+        field = {"@type": "cr:Field", "@id": f"clips/{f.name}", "name": f.name,
+                 "dataType": data_type,
+                 "source": {"fileObject": {"@id": "clips.parquet"}, "extract": {"column": f.name}}}
+        if repeated:
+            field["repeated"] = True
+        fields.append(field)
+    c = report["counts"]
+    return {
+        "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "name": report["dataset"],
+        "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "description": (f"{c['clips']} face clips ({c['clip_seconds']:.1f} s) of {c['people']} "
+                        "people with audio and machine-made emotion labels, built by dsbuilder "
+                        f"{report['dsbuilder_version']} (see report/report.json for provenance)."),
+        "license": licences, "version": str(report["schema_version"]),
+        "distribution": [{"@type": "cr:FileObject", "@id": "clips.parquet", "name": "clips.parquet",
+                          "contentUrl": clips_file["path"],
+                          "encodingFormat": "application/x-parquet",
+                          "contentSize": f"{clips_file['bytes']} B",
+                          "sha256": clips_file["sha256"]}],
+        "recordSet": [{"@type": "cr:RecordSet", "@id": "clips", "name": "clips",
+                       "description": "One training example per row (manifests/clips.md).",
+                       "key": {"@id": f"clips/{id_col}"}, "field": fields}],
+    }
+
+
 # --- the stage -----------------------------------------------------------------------------------
 
 #: Tables the report reads row by row, and tables it only counts (they can be large).
@@ -497,6 +568,11 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     atomic_write_bytes(out / "dataset_card.md", dataset_card(report).encode())
     result.rows = {"clips": clips}
     result.computed = 1
+    publish(ws, result)
+    clips_path = table_path(ws, "clips")
+    atomic_write_bytes(out / "croissant.json", (json.dumps(croissant(report, {
+        "path": clips_path.relative_to(ws.root).as_posix(), "sha256": sha256_file(clips_path),
+        "bytes": clips_path.stat().st_size}), indent=1) + "\n").encode())
     log.info("report: %d clips (%s); report in %s", len(clips),
              ", ".join(f"{s} {sum(1 for c in clips if c['split'] == s)}" for s in SPLITS), out)
-    return publish(ws, result)
+    return result
