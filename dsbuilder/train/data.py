@@ -11,7 +11,8 @@ Each item decodes its clip when asked (nothing is held in memory between items),
 ``(T, H, W)`` grey with ``grey=True``), at most ``max_frames`` spread evenly over the clip; ``audio``:
 the clip's 16 kHz mono samples, float32. ``probs`` (7, float32) are the face teacher's clip-level soft
 labels in :data:`dsbuilder.labels.fer.FER_CLASSES` order; ``valence``/``arousal`` and the rest of the
-clip row come along as plain values (a missing value is NaN or "", so that batches collate). ``filter`` (a callable on the row) selects clips, e.g. by licence.
+clip row come along as plain values (a missing value is NaN or "", so that batches collate).
+``filter`` (a callable on the row) selects clips, e.g. by licence.
 The dataset does not need torch to be used as a plain sequence; ``DataLoader`` needs it.
 """
 

@@ -45,7 +45,6 @@ __all__ = ["TrainingError", "kl", "soften", "train", "build_student", "predict",
 log = logging.getLogger(__name__)
 
 RATE = 16000
-FRAMES_PER_S = 100  # mel frames a second (10 ms hop)
 MODEL_DIR = Path("models") / "speech"
 
 
@@ -170,8 +169,12 @@ def train(ws: Workspace, options: Mapping[str, Any] | SpeechTrainConfig | None =
             "no training clip with audio" + (" where the person speaks" if cfg.speaking_only else ""),
             "run the pipeline to the report stage first (dsbuilder run RECIPE)"
             + ("; or train on every clip with --all-clips" if cfg.speaking_only else ""))
-    held_split = next((s for s in ("val", "test") if load_clips(ws, s, cfg.speaking_only)), None)
-    held = load_clips(ws, held_split, cfg.speaking_only) if held_split else []
+    held_split, held = None, []
+    for split in ("val", "test"):  # the first held-out split that has clips
+        held = load_clips(ws, split, cfg.speaking_only)
+        if held:
+            held_split = split
+            break
     window = int(round(cfg.window_s * RATE))
     # input normalisation from the training clips' first windows
     sample = np.concatenate([features(c, 0, window).ravel() for c in train_clips])
