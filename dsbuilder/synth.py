@@ -208,3 +208,36 @@ def standard_shots(n: int = 4, frames: int = 40, seed: int = 0, transitions: Seq
         shots.append(Shot(pics[i], frames, transition=tr,
                           transition_frames=transition_frames if tr != "cut" else 0))
     return shots
+
+
+def dub_video(src: str | Path, dest: str | Path, samples: np.ndarray | None, rate: int = 16000
+              ) -> None:
+    """A copy of ``src``'s picture (packets copied, not re-encoded) with its sound replaced by
+    ``samples`` (mono float32 at ``rate``; None: no audio stream). Makes the dubbed and silent clips
+    the speaker tests need from a real face video."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dest), "w") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        astream = None
+        if samples is not None:
+            astream = out.add_stream("aac", rate=rate, layout="mono")
+        for pkt in inp.demux(vin):
+            if pkt.dts is None:
+                continue
+            pkt.stream = vout
+            out.mux(pkt)
+        if astream is not None:
+            n = astream.codec_context.frame_size or 1024
+            sig = np.asarray(samples, np.float32)
+            for i in range(0, len(sig), n):
+                chunk = sig[i:i + n]
+                if len(chunk) < n:
+                    chunk = np.pad(chunk, (0, n - len(chunk)))
+                af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+                af.sample_rate, af.pts = rate, i
+                for p in astream.encode(af):
+                    out.mux(p)
+            for p in astream.encode():
+                out.mux(p)

@@ -300,7 +300,7 @@ def make_ws(tmp_path: Path, clip, audio: np.ndarray) -> tuple[Recipe, Workspace]
         "yaw": float(clip["yaw"][i]), "pitch": 0.0,
         "mouth_aperture": api.mouth_aperture(clip["lm"][i])} for i in range(n)], "h")
     recipe = Recipe(path=tmp_path / "r.yaml", name="t", workspace=ws.root, people=[], licences={},
-                    limits={}, stages={"speakers": stage_defaults("speakers")})
+                    limits={}, stages={"speakers": {**stage_defaults("speakers"), "scorer": "correlation"}})
     return recipe, ws
 
 

@@ -9,7 +9,8 @@ Every table carries ``schema_version``, its own id, the ids of its parents, ``so
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips (and the clips table)
+SCHEMA_VERSION = 3  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips (and the clips table)
+# 3: Light-ASD logits in speech (asd_logit_mean) and speaking_frames (asd_logit)
 
 
 def _common(pa):
@@ -224,7 +225,7 @@ REASONS = {
               "no_dictionary"),
 }
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
-                       "decode_error")
+                       "decode_error", "too_short")
 REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
 REASONS["report"] = ("curator_rejected",)  # a leak between splits is an error, not a rejection
 
@@ -252,7 +253,8 @@ def _speakers_schemas(pa, ts) -> dict:
         pa.field("reason", pa.string()),  # rejection code when not speaking
         pa.field("voice_distance", pa.float32()),  # to the person's voice consensus
         pa.field("voice_model", pa.string()),
-        pa.field("scorer", pa.string(), nullable=False),
+        pa.field("asd_logit_mean", pa.float32()),  # Light-ASD: mean speaking logit (null: not run)
+        pa.field("scorer", pa.string(), nullable=False),  # light-asd, correlation or onnx:<file>
         pa.field("gates", pa.string(), nullable=False),  # JSON: the decision rule applied
         *_common(pa),
     ])
@@ -270,6 +272,7 @@ def _speakers_schemas(pa, ts) -> dict:
         pa.field("turned_away", pa.bool_(), nullable=False),
         pa.field("vad", pa.bool_(), nullable=False),
         pa.field("sync_confidence", pa.float32()),  # per-frame, at the track offset
+        pa.field("asd_logit", pa.float32()),  # Light-ASD's speaking logit (null: not run)
         pa.field("speaking_prob", pa.float32(), nullable=False),
         *_common(pa),
     ])

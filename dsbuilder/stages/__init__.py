@@ -14,7 +14,7 @@ CODE_VERSIONS = {
     "dictionary": "1",
     "shots": "1",
     "faces": "2",
-    "speakers": "1",
+    "speakers": "2",
     "label": "2",
     "report": "1",
 }

@@ -32,6 +32,7 @@ from dsbuilder.config import stage_defaults
 from dsbuilder.manifest.io import read_table
 from dsbuilder.media import MediaError
 from dsbuilder.recipe import Recipe, params_hash
+from dsbuilder.speaker.asd import AsdInputError
 from dsbuilder.stages import CODE_VERSIONS
 from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
 from dsbuilder.workspace import Workspace, item_key
@@ -62,11 +63,14 @@ def video_vad(path: str | Path, params: Mapping[str, Any] | None = None):
 def score_track(times: np.ndarray, landmarks: np.ndarray, yaw: np.ndarray | None,
                 bbox: np.ndarray | None, audio: np.ndarray | None, audio_t0: float, rate: int,
                 fps: float, vad_segs, params: Mapping[str, Any] | None = None,
-                scorer=None) -> dict[str, Any]:
+                scorer=None, asd_logits: np.ndarray | None = None) -> dict[str, Any]:
     """Score one track; no workspace needed. Returns a JSON-able dict (the cache record's body).
 
     ``times``: frame times (s); ``landmarks``: (n, 68, 2); ``audio``: mono float32 from ``audio_t0``
     (None: no audio); ``vad_segs``: :class:`dsbuilder.audio.Segment` list covering the span.
+    ``asd_logits``: Light-ASD's speaking logit at each frame (:mod:`dsbuilder.speaker.asd`); given,
+    the model decides (:func:`asd_decision`) and the correlation scorer's offset and confidence are
+    kept as diagnostics; None: the correlation scorer and its gates decide.
     """
     from dsbuilder.audio import frame_features, speech_ratio
     from dsbuilder.speaker.mouth import mouth_features
@@ -90,9 +94,18 @@ def score_track(times: np.ndarray, landmarks: np.ndarray, yaw: np.ndarray | None
     res = scorer.score(m.signal(), feats, fps)
     motion = m.motion()
     valid_ratio = float(m.valid.mean()) if n else 0.0
-    speaking, reason = decide(res, vad_ratio, valid_ratio, gates, has_audio, motion)
-    prob = speaking_probability(res.frame_confidence, vad_frames, gates.min_confidence,
-                                smooth=int(p["smooth_frames"]))
+    if asd_logits is not None:
+        prob = asd_probability(asd_logits, vad_frames if p["asd_vad_gate"] else None,
+                               smooth=int(p["smooth_frames"]))
+        speaking, reason = asd_decision(prob, times, end_s, float(p["min_segment_s"]), vad_ratio,
+                                        gates, has_audio)
+        if (speaking and p["asd_offset_gate"] and res.n_windows
+                and abs(res.offset) > gates.max_offset_frames):
+            speaking, reason = False, "off_sync"
+    else:
+        speaking, reason = decide(res, vad_ratio, valid_ratio, gates, has_audio, motion)
+        prob = speaking_probability(res.frame_confidence, vad_frames, gates.min_confidence,
+                                    smooth=int(p["smooth_frames"]))
     if not speaking:
         prob = np.minimum(prob, 0.49).astype(np.float32)  # the track-level gates overrule frames
     # segments: runs of frames
@@ -139,17 +152,102 @@ def score_track(times: np.ndarray, landmarks: np.ndarray, yaw: np.ndarray | None
     return {
         "speaking": speaking, "reason": reason, "offset": res.offset,
         "confidence": round(float(res.confidence), 6), "curve": fl(res.curve),
-        "n_windows": res.n_windows, "scorer": res.scorer, "vad_ratio": round(vad_ratio, 6),
+        "n_windows": res.n_windows,
+        "scorer": res.scorer if asd_logits is None else light_asd_name(),
+        "vad_ratio": round(vad_ratio, 6),
         "valid_ratio": round(valid_ratio, 6), "mouth_motion": round(motion, 6),
         "gates": gates.as_dict(), "segments": segs,
         "frames": {"inner": fl(m.inner), "outer": fl(m.outer), "width": fl(m.width),
                    "valid": m.valid.tolist(), "turned": m.turned.tolist(),
                    "vad": vad_frames.tolist(), "conf": fl(res.frame_confidence),
-                   "prob": fl(prob)},
+                   "prob": fl(prob),
+                   "asd": None if asd_logits is None else fl(asd_logits)},
     }
 
 
+def _mean(values: list | None, a: int, b: int) -> float | None:
+    vals = [v for v in (values or [])[a:b] if v is not None]
+    return round(float(np.mean(vals)), 6) if vals else None
+
+
+def light_asd_name() -> str:
+    from dsbuilder.speaker.lightasd import MODEL_NAME
+
+    return MODEL_NAME
+
+
+def asd_probability(logits: np.ndarray, vad: np.ndarray | None, smooth: int = 5) -> np.ndarray:
+    """Per-frame speaking probability from Light-ASD's logits: the logits averaged over ``smooth``
+    frames centred on each (upstream's demo smooths its scores over 5 frames the same way), then the
+    logistic ``1 / (1 + exp(-logit))`` -- the model's own softmax probability of "speaking"; times
+    the VAD decision at the frame when ``vad`` is given."""
+    x = np.asarray(logits, np.float64)
+    if smooth > 1 and len(x) > 1:
+        k = min(smooth, len(x))
+        pad = np.pad(x, (k // 2, k - 1 - k // 2), mode="edge")
+        x = np.convolve(pad, np.ones(k) / k, mode="valid")
+    p = 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+    if vad is not None:
+        p = p * np.asarray(vad, np.float64)
+    return p.astype(np.float32)
+
+
+def asd_decision(prob: np.ndarray, times: np.ndarray, end_s: float, min_segment_s: float,
+                 vad_ratio: float, gates, has_audio: bool) -> tuple[bool, str | None]:
+    """A track speaks when Light-ASD finds a speaking run (probability >= 0.5) of at least
+    ``min_segment_s``. Otherwise the reason: ``no_audio``; ``silent`` when the VAD hears speech in
+    less than ``min_vad_ratio`` of the span; else ``not_speaking``."""
+    if not has_audio:
+        return False, "no_audio"
+    on = np.asarray(prob) >= 0.5
+    n = len(on)
+    edges = [0, *(np.flatnonzero(np.diff(on.astype(np.int8))) + 1).tolist(), n]
+    for a, b in zip(edges, edges[1:]):
+        seg_end = float(times[b]) if b < n else end_s
+        if on[a] and seg_end - float(times[a]) >= min_segment_s - 1e-9:
+            return True, None
+    return False, ("silent" if vad_ratio < gates.min_vad_ratio else "not_speaking")
+
+
 # --- the stage ------------------------------------------------------------------------------------
+
+def resolve_scorer(params: Mapping[str, Any]) -> tuple[Any, str]:
+    """``(Light-ASD model or None, scorer id for cache keys)``. Without usable weights the stage
+    falls back to the correlation scorer and says so once (here, in the log; the report reads the
+    ``scorer`` column)."""
+    if params["scorer"] == "correlation":
+        return None, "correlation"
+    from dsbuilder.speaker import lightasd
+
+    path, why = lightasd.installed_weights()
+    if path is not None:
+        try:
+            return lightasd.load_runner(path), f"{lightasd.MODEL_NAME}:{lightasd.WEIGHTS_SHA256}"
+        except (ValueError, RuntimeError, OSError) as exc:
+            why = str(exc)
+        except ImportError as exc:
+            why = f"torch is not installed ({exc})"
+    log.warning("speakers: %s; the correlation scorer decides instead (run `dsbuilder models "
+                "pull light-asd` to use the learned active-speaker model)", why)
+    return None, "correlation"
+
+
+def asd_logits(ws: Workspace, tr: Mapping[str, Any], times: np.ndarray, net: Any,
+               recipe: Recipe, params: Mapping[str, Any]) -> np.ndarray:
+    """Light-ASD's speaking logit at each frame of a kept track, from its face clip and wav.
+    Raises :class:`dsbuilder.speaker.asd.AsdInputError`."""
+    from dsbuilder.speaker import asd
+
+    if not tr.get("crop_path"):
+        raise AsdInputError("decode_error", "the track has no face clip")
+    faces = recipe.stage_params("faces")
+    x = asd.build_input(ws.abspath(tr["crop_path"]),
+                        ws.abspath(tr["audio_path"]) if tr.get("audio_path") else None, times,
+                        float(tr["start_s"]), float(tr["end_s"]), size=int(faces["crop_size"]),
+                        padding=float(faces["crop_padding"]))
+    logits = asd.score(net, x, float(params["asd_chunk_s"]))
+    return asd.to_frames(x.times, logits, times)
+
 
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
     """Score every kept target track of the ``tracks`` manifest and publish the speech tables."""
@@ -163,6 +261,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     result = StageResult(stage=STAGE, params_hash=phash)
     version = CODE_VERSIONS[STAGE]
 
+    asd_net, scorer_id = resolve_scorer(params)
     tracks = [t for t in read_table(ws, "tracks").to_pylist() if t["kept"]]
     if not tracks:
         log.warning("speakers: no kept tracks; run the faces stage first")
@@ -207,7 +306,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         tid = tr["track_id"]
         fr = sorted(by_track.get(tid, []), key=lambda f: f["frame_index"])
         fingerprint = hashlib.sha256(json.dumps(
-            [tid, tr.get("audio_sha256"), tr.get("crop_sha256"),
+            [tid, tr.get("audio_sha256"), tr.get("crop_sha256"), scorer_id,
              [(f["frame_index"], f["t"]) for f in fr]]).encode()).hexdigest()
         key = item_key(fingerprint, phash, version)
         rec = None if force else ws.get_record(STAGE, key)
@@ -245,11 +344,18 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                 vsegs = vad_segments([AudioChunk(t0, audio, 16000)], method=p["vad"],
                                      frame_ms=int(p["vad_frame_ms"]),
                                      aggressiveness=int(p["vad_aggressiveness"]))
-            body = score_track(times, np.array([f["landmarks"] for f in fr], np.float32),
-                               np.array([np.nan if f["yaw"] is None else f["yaw"] for f in fr]),
-                               np.array([f["bbox"] for f in fr], np.float32), audio, t0, 16000,
-                               fps, vsegs or [], params)
-            rec.update(body)
+            logits = None
+            if asd_net is not None:
+                try:
+                    logits = asd_logits(ws, tr, times, asd_net, recipe, params)
+                except AsdInputError as exc:
+                    rec["rejected"] = {"reason": exc.reason, "detail": f"light-asd: {exc.detail}"}
+            if "rejected" not in rec:
+                body = score_track(times, np.array([f["landmarks"] for f in fr], np.float32),
+                                   np.array([np.nan if f["yaw"] is None else f["yaw"] for f in fr]),
+                                   np.array([f["bbox"] for f in fr], np.float32), audio, t0, 16000,
+                                   fps, vsegs or [], params, asd_logits=logits)
+                rec.update(body)
         ws.put_record(STAGE, key, rec)
         result.computed += 1
         records[tid] = rec
@@ -303,7 +409,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                 "sync_confidence": rec["confidence"], "segment_confidence": s["confidence"],
                 "mouth_motion": rec["mouth_motion"], "valid_ratio": rec["valid_ratio"],
                 "speaking": speaking, "reason": reason, "voice_distance": dist,
-                "voice_model": s.get("voice_model"), "scorer": rec["scorer"], "gates": gates_json})
+                "voice_model": s.get("voice_model"), "scorer": rec["scorer"], "gates": gates_json,
+                "asd_logit_mean": _mean(F.get("asd"), a, b)})
             if not speaking:
                 detail = (f"vad_ratio {rec['vad_ratio']:.2f}, offset {rec['offset']} frames, "
                           f"confidence {rec['confidence']:.3f}, mouth motion "
@@ -320,6 +427,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                     "inner_gap": F["inner"][i], "outer_height": F["outer"][i],
                     "lip_width": F["width"][i], "mouth_visible": F["valid"][i],
                     "turned_away": F["turned"][i], "vad": F["vad"][i],
-                    "sync_confidence": F["conf"][i], "speaking_prob": F["prob"][i] or 0.0})
+                    "sync_confidence": F["conf"][i], "speaking_prob": F["prob"][i] or 0.0,
+                    "asd_logit": F["asd"][i] if F.get("asd") else None})
     result.rows = {"speech": speech_rows, "speaking_frames": frame_rows, "vad_segments": vad_rows}
     return publish(ws, result)

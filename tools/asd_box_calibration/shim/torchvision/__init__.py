@@ -1,0 +1,1 @@
+"""Minimal torchvision shim (only what facenet_pytorch's detect_face.py needs)."""
