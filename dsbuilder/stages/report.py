@@ -265,6 +265,7 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
         sc["people"].add(c["person_id"])
         sc["videos"].add(c["source_id"])
     tracks = tables["tracks"]
+    scorers = Counter({r["track_id"]: r["scorer"] for r in tables["speech"]}.values())
     return {
         "dataset": recipe.name,
         "dsbuilder_version": __version__,
@@ -285,6 +286,11 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
             "speaking_clips": sum(1 for c in clips if c["speaking"]),
             "rejections": len(rejections),
         },
+        "speakers": {"tracks_by_scorer": dict(sorted(scorers.items())),
+                     "note": (f"{scorers['correlation']} track(s) judged by the correlation "
+                              "fallback, not the learned active-speaker model (Light-ASD weights "
+                              "not installed: `dsbuilder models pull light-asd`)"
+                              if scorers.get("correlation") else None)},
         "people": [{"person_id": p["person_id"], "name": p["name"], "n_kept": p["n_kept"],
                     "threshold": _plain(p["threshold"]), "est_far": _plain(p["est_far"]),
                     "clips": sum(1 for c in clips if c["person_id"] == p["person_id"])}
@@ -366,6 +372,11 @@ def render_html(report: Mapping[str, Any]) -> str:
              f"<p>dsbuilder {esc(report['dsbuilder_version'])}, manifest schema "
              f"{report['schema_version']}. The same data as <code>report.json</code>.</p>",
              "<h2>Counts</h2>", _table(("what", "count"), report["counts"].items()),
+             "<p>Active speaker: " + esc(", ".join(
+                 f"{n} track(s) by {k}" for k, n in report["speakers"]["tracks_by_scorer"].items())
+                 or "no track scored") + "."
+             + (f" <b>{esc(report['speakers']['note'])}.</b>" if report["speakers"]["note"]
+                else "") + "</p>",
              "<h2>People</h2>",
              _table(("person", "name", "kept photos", "match threshold", "est. false accepts",
                      "clips"),
@@ -561,6 +572,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                         "rejected": len(result.rejections), "not_clips": unknown}
     for warning in report["splits"]["warnings"]:
         log.warning("report: %s", warning)
+    if report["speakers"]["note"]:
+        log.warning("report: %s", report["speakers"]["note"])
     out = ws.root / REPORT_DIR
     atomic_write_bytes(out / "report.json",
                        (json.dumps(report, indent=1, sort_keys=False) + "\n").encode())
