@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/shots.py
 	$(BIN)/python benchmarks/faces.py
 	$(BIN)/python benchmarks/speakers.py
+	$(BIN)/python benchmarks/asd.py
 	$(BIN)/python benchmarks/stages.py
 
 clean-demo:
