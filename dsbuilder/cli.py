@@ -94,6 +94,24 @@ def _print_summary(results, ws) -> None:
             f"{s}/{r}={n}" for (s, r), n in sorted(counts.items())))
     if any(r.stage == "report" for r in results):
         click.echo(f"report: {ws.root / 'report' / 'report.html'}")
+    stages_run = {r.stage for r in results}
+    if stages_run & set(STAGES[STAGES.index("dictionary"):]):
+        _check_people(ws)
+
+
+def _check_people(ws) -> None:
+    """Exit status 3 when a recipe person has no kept face (after the summary is printed)."""
+    from dsbuilder.errors import PeopleLostError
+    from dsbuilder.manifest.io import read_table
+
+    lost = [r for r in read_table(ws, "people").to_pylist() if not r["n_kept"]]
+    if lost:
+        names = ", ".join(r["person_id"] for r in lost)
+        raise PeopleLostError(
+            f"{len(lost)} person(s) have no kept reference face and yield no clip: {names} "
+            "(see the dictionary rejections: no_kept_face, identity_outlier)",
+            "add clear photos of them (or fix wrong ones) and rerun; the other people's data "
+            "is complete")
 
 
 # --- commands -----------------------------------------------------------------------------------

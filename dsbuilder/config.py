@@ -120,8 +120,9 @@ STAGE_PARAMS["dictionary"] = {
                      "steadier", min=0, max=100),
     "purification": Param(str, "chinese_whispers", "how the dominant identity is found",
                           choices=("chinese_whispers", "agglomerative", "none")),
-    "cluster_distance": Param((int, float), 0.5, "embedding distance that links two faces into "
-                              "one identity during purification", min=0.05, max=1.5),
+    "cluster_distance": Param((int, float), 0.6, "embedding distance that links two faces into "
+                              "one identity during purification (0.6: dlib's documented same-person "
+                              "threshold)", min=0.05, max=1.5),
     "threshold_cap": Param((int, float), 0.6, "a fitted match threshold is never above this",
                            min=0.1, max=1.5),
     "target_far": Param((int, float), 0.001, "false-accept rate the fitted threshold aims for "

@@ -45,3 +45,10 @@ class ManifestError(DsbuilderError):
 
 class StageError(DsbuilderError):
     """A stage could not run at all (as opposed to one item failing, which is a rejection row)."""
+
+
+class PeopleLostError(DsbuilderError):
+    """The run finished, but some recipe person has no kept reference face, so nothing of them can
+    be found in the videos. Exit status 3 (the manifests are written; the other people are done)."""
+
+    exit_code = 3

@@ -507,3 +507,83 @@ def test_real_pose_and_low_resolution(shared_media):
     assert choose_face(faces, {"max_yaw_deg": 20}).reason == "extreme_pose"
     small = analyse_photo(load_photo(SHARED_PEOPLE / "obama_small.jpg"))
     assert len(small) == 1 and small[0].face_px > DEFAULTS["min_face_px"]
+
+
+# --- linking distance, ties decided by video, people lost (issue 11) ----------------------------------
+
+def test_default_links_two_genuine_photos_half_a_unit_apart():
+    """dlib's same-person threshold is 0.6: two photos of one person 0.55 apart (crying, laughing)
+    are one identity at the default cluster_distance, and both are kept."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, 128)
+    a *= 0.3 / np.linalg.norm(a)
+    step = rng.normal(0, 1, 128)
+    step *= 0.55 / np.linalg.norm(step)
+    pur = purify(np.stack([a, a + step]), {"purification": DEFAULTS["purification"]})
+    assert DEFAULTS["cluster_distance"] == 0.6
+    assert not pur.ambiguous and pur.kept.all()
+
+
+def test_video_votes_decide_a_tie():
+    from dsbuilder.face.identity import decide_by_votes, keep_cluster, video_votes
+
+    rng = np.random.default_rng(2)
+    a, b, other = (rng.normal(0, 1 / np.sqrt(128), 128) for _ in range(3))
+    emb = np.stack([a, b])  # two photos, two people, about 1.4 apart: a tie
+    pur = purify(emb, DEFAULTS)
+    assert pur.ambiguous
+
+    def near(x):
+        return x + rng.normal(0, 0.01, 128)
+
+    # 5 frames show a, 1 shows b, 2 show a third person whom another recipe person matches
+    frames = [[near(a)]] * 5 + [[near(b)]] + [[near(other)]] * 2
+    votes = video_votes(emb, pur, frames, others=[])
+    assert votes == {0: 5, 1: 1}
+    assert decide_by_votes(votes) == 0
+    kept = keep_cluster(emb, pur, 0)
+    assert kept.kept.tolist() == [True, False] and not kept.ambiguous
+    # faces nearer to another recipe person's mean do not vote
+    assert video_votes(emb, pur, frames, others=[a])[0] == 0
+    # no clear winner: no decision
+    assert decide_by_votes({0: 2, 1: 2}) is None and decide_by_votes({0: 1, 1: 0}) is None
+
+
+@pytest.mark.realmedia
+def test_real_tie_decided_by_the_persons_video_and_a_lost_person_fails_the_run(shared_media,
+                                                                                  tmp_path):
+    """Lin's recipe entry holds his photo and, by mistake, Alex Lacamoire's: one face each, a tie.
+    His video (the Hamilton clip) shows him, so his photo is kept and Alex's is the outlier. "ghost"
+    holds one photo of Obama and one of Biden and no video: nothing can be decided, nothing is kept,
+    and the run says so with exit status 3."""
+    from tests.conftest import run_cli
+
+    people = shared_media / "people"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: ties\npeople:\n"
+        f"  - id: lin\n    photos: [{people / 'lin-manuel-miranda.png'}, "
+        f"{people / 'alex-lacamoire.png'}]\n"
+        f"    videos: [{shared_media / 'video' / 'short_hamilton_clip.mp4'}]\n"
+        f"  - id: ghost\n    photos: [{people / 'obama.jpg'}, {people / 'biden.jpg'}]\n")
+    r = run_cli("run", str(recipe), "--workspace", str(tmp_path / "ws"), "--until", "dictionary",
+                "--no-progress")
+    assert r.returncode == 3, r.stderr
+    assert "ghost" in r.stderr and "no kept reference face" in r.stderr and "hint:" in r.stderr
+    assert "Manifests:" in r.stdout  # the summary came first
+    ws = Workspace.open(tmp_path / "ws")
+    faces = read_table(ws, "faces_dictionary").to_pylist()
+    lin = {f["face_id"]: f for f in faces if f["person_id"] == "lin" and f["origin"] == "photo"}
+    kept = [f for f in lin.values() if f["kept"]]
+    out = [f for f in lin.values() if f["reason"] == "identity_outlier"]
+    assert len(kept) == 1 and len(out) == 1
+    lin_emb = np.array(kept[0]["embedding"])
+    alex_emb = analyse_photo(load_photo(people / "alex-lacamoire.png"), DEFAULTS)[0].embedding
+    assert np.linalg.norm(np.array(out[0]["embedding"]) - alex_emb) < 1e-4
+    assert np.linalg.norm(lin_emb - alex_emb) > 0.6
+    detail = rejections(ws)[f"{out[0]['face_id']}@lin"][1]
+    assert "video evidence" in detail
+    assert rows_by_id(ws, "people")["ghost"]["n_kept"] == 0
+    ghost = [d for k, (reason, d) in rejections(ws).items() if k.endswith("@ghost")
+             and reason == "identity_outlier"]
+    assert ghost and all("no video of this person" in d for d in ghost)

@@ -198,6 +198,7 @@ def test_real_hamilton_report(hamilton_workspace):
     assert not_target["count"] >= 1 and "nearest person" in not_target["examples"][0]["detail"]
     (video,) = [s for s in report["sources"] if s["kind"] == "video"]
     assert video["sha256"] and video["local_path"] and video["status"] == "ok"
+    assert report["people_lost"] == []  # Lin and Alex both have a kept reference face
     # who judged the speakers is in the report; the fallback is named when it was used
     by = report["speakers"]["tracks_by_scorer"]
     assert by and set(by) <= {"light-asd", "correlation"}

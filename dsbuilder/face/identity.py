@@ -9,12 +9,19 @@ Purification (:func:`purify`)
     distance. The input order is the caller's (the stage sorts faces by id), so the result is
     deterministic.
 
+    ``cluster_distance`` defaults to 0.6, dlib's documented same-person threshold for this model
+    (99.38 % on LFW): two genuine photos of one person with very different expressions (crying,
+    laughing) can lie 0.5 apart, while different people on the test photos lie 0.70 or more apart.
+
     **The dominant identity must be unique.** If two or more clusters tie for the largest (two photos
-    farther apart than ``cluster_distance``, two photos each of two people, three photos of three
-    people), we cannot tell which one is the person, and keeping any would let the wrong person into
-    the dataset under this person's name. So none is kept: every face is ``identity_outlier`` with an
-    "ambiguous" detail, the person ends up with no dictionary and the stage warns. Adding one more
-    photo resolves it. A single face is kept (there is nothing to compare it with).
+    farther apart than ``cluster_distance``, two photos each of two people), the photos alone cannot
+    tell which one is the person. The stage then asks the person's videos (:func:`video_votes`):
+    each sampled frame votes for the tied cluster one of its faces matches; a cluster with more votes
+    than any other (and at least :data:`MIN_VIDEO_VOTES`) is kept (:func:`keep_cluster`). Without such
+    evidence none is kept, since keeping one at random would let the wrong person into the dataset
+    under this person's name: every face is ``identity_outlier`` with an "ambiguous" detail, and the
+    person has no dictionary (the run ends with exit status 3, see the README). A single face is kept
+    (there is nothing to compare it with).
 
     Each face's ``distance`` is to the mean embedding of the kept cluster (NaN when nothing is kept).
 
@@ -63,6 +70,10 @@ MIN_TARGET_FAR = 1e-12
 
 _STD = NormalDist()
 
+
+#: A tie between clusters is broken by the person's videos only with at least this many frames
+#: voting for the winner.
+MIN_VIDEO_VOTES = 2
 
 # --- purification ---------------------------------------------------------------------------------
 
@@ -148,6 +159,58 @@ def purify(embeddings: Any, params: Mapping[str, Any] | None = None) -> Purifica
     mean = emb[kept].mean(axis=0)
     dist = np.sqrt(((emb - mean) ** 2).sum(axis=1))
     return Purification(kept, dist, labels, 0, sizes, method, cd, mean=mean)
+
+
+def tied_labels(p: Purification) -> list[int]:
+    """The cluster labels sharing the largest size (one label when there is no tie)."""
+    return [k for k, n in enumerate(p.sizes) if p.sizes and n == p.sizes[0]]
+
+
+def keep_cluster(embeddings: Any, p: Purification, label: int) -> Purification:
+    """``p`` with cluster ``label`` kept (a tie decided by other evidence)."""
+    emb = np.asarray(embeddings, dtype=np.float64).reshape(len(p.labels), -1)
+    kept = p.labels == label
+    mean = emb[kept].mean(axis=0)
+    dist = np.sqrt(((emb - mean) ** 2).sum(axis=1))
+    return Purification(kept, dist, p.labels, label, p.sizes, p.method, p.cluster_distance,
+                        mean=mean)
+
+
+def video_votes(embeddings: Any, p: Purification, frames: list[list[np.ndarray]],
+                others: list[np.ndarray]) -> dict[int, int]:
+    """For each tied cluster, the number of sampled video frames showing it: a frame votes for a
+    cluster when one of its faces lies within ``cluster_distance`` of the cluster's mean and nearer
+    to it than to any other tied cluster or any other recipe person's mean (``others``)."""
+    emb = np.asarray(embeddings, dtype=np.float64).reshape(len(p.labels), -1)
+    labels = tied_labels(p)
+    means = {k: emb[p.labels == k].mean(axis=0) for k in labels}
+    votes = {k: 0 for k in labels}
+    for faces in frames:
+        seen = set()
+        for e in faces:
+            e = np.asarray(e, np.float64)
+            d = {k: float(np.linalg.norm(e - m)) for k, m in means.items()}
+            best = min(d, key=d.get)
+            if d[best] > p.cluster_distance:
+                continue
+            if any(d[k] <= d[best] for k in d if k != best):
+                continue
+            if any(float(np.linalg.norm(e - o)) <= d[best] for o in others):
+                continue
+            seen.add(best)
+        for k in seen:
+            votes[k] += 1
+    return votes
+
+
+def decide_by_votes(votes: Mapping[int, int]) -> int | None:
+    """The cluster with strictly the most votes, if it has at least :data:`MIN_VIDEO_VOTES`."""
+    if not votes:
+        return None
+    ranked = sorted(votes.items(), key=lambda kv: -kv[1])
+    if ranked[0][1] < MIN_VIDEO_VOTES or (len(ranked) > 1 and ranked[1][1] == ranked[0][1]):
+        return None
+    return ranked[0][0]
 
 
 # --- threshold ------------------------------------------------------------------------------------

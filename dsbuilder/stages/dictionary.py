@@ -14,7 +14,9 @@ For each person:
    ``many_faces``, ``too_small``, ``blurry``, ``extreme_pose``); a photo that cannot be decoded is
    ``decode_error``.
 2. **Purification** (:func:`dsbuilder.face.identity.purify`) keeps the dominant identity among the
-   usable faces; the others are ``identity_outlier``. A tie for the largest identity keeps nothing.
+   usable faces; the others are ``identity_outlier``. A tie for the largest identity is decided by
+   the person's videos (the bootstrap sample of their frames votes, :func:`_break_ties`); without a
+   clear winner nothing is kept, and ``dsbuilder run`` ends with exit status 3.
 3. **Bootstrap.** With fewer than ``min_photos`` kept faces (and ``bootstrap`` on, and at least one
    kept face), the person's videos are sampled (one frame every ``max(1 s, duration / 30)``, at most
    :data:`BOOTSTRAP_MAX_FRAMES` frames, streamed) and the faces found are cached per video content
@@ -146,6 +148,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
 
     dicts = [_person_from_photos(p, photos, records, params, wanted, result)
              for p in recipe.people]
+    _break_ties(dicts, photos, videos, records, params, wanted, ws, ahash, force, result)
 
     if params["bootstrap"]:
         _bootstrap(dicts, videos, ws, params, ahash, force, progress, result)
@@ -205,10 +208,45 @@ def _photo_record(ws: Workspace, src: Mapping[str, Any], params: Mapping[str, An
     return record
 
 
+def _break_ties(dicts: list[PersonDictionary], photos: list[dict[str, Any]],
+                videos: list[dict[str, Any]], records: Mapping[str, dict[str, Any]],
+                params: Mapping[str, Any], wanted: set[str], ws: Workspace, ahash: str,
+                force: bool, result: StageResult) -> None:
+    """Persons whose photos split into equal clusters: let their videos decide (module docstring)."""
+    from dsbuilder.face.identity import decide_by_votes, video_votes
+
+    for i, d in enumerate(dicts):
+        pid = d.person.id
+        mine = [v for v in videos if pid in v["person_ids"]]
+        if not d.ambiguous or not mine:
+            continue
+        frames: list[list[np.ndarray]] = []
+        for v in mine:
+            rec = _video_record(ws, v, params, ahash, force, result)
+            for fr in rec.get("frames", []):
+                ff = FrameFaces.from_record(fr)
+                frames.append([c.embedding for c in ff.faces
+                               if quality_verdict(c, params) is None])
+        others = [o.mean for o in dicts if o is not d and o.mean is not None]
+
+        def tie_break(embs, pur, frames=frames, others=others):
+            votes = video_votes(embs, pur, frames, others)
+            detail = ("video evidence: " + ", ".join(f"cluster {k} in {n} sampled frame(s)"
+                                                      for k, n in sorted(votes.items()))
+                      + f" of {len(frames)} in {len(mine)} video(s)")
+            return decide_by_votes(votes), detail
+
+        result.rejections = [r for r in result.rejections if r.person_id != pid]
+        dicts[i] = _person_from_photos(d.person, photos, records, params, wanted, result,
+                                       tie_break=tie_break)
+
+
 def _person_from_photos(person: Person, photos: list[dict[str, Any]],
                         records: Mapping[str, dict[str, Any]], params: Mapping[str, Any],
-                        wanted: set[str], result: StageResult) -> PersonDictionary:
-    """Photo decisions and purification for one person."""
+                        wanted: set[str], result: StageResult,
+                        tie_break=None) -> PersonDictionary:
+    """Photo decisions and purification for one person. ``tie_break(embeddings, purification) ->
+    (label or None, detail)`` decides between equal clusters (:func:`_break_ties`)."""
     pid = person.id
     d = PersonDictionary(person, [])
     for src in photos:
@@ -239,7 +277,17 @@ def _person_from_photos(person: Person, photos: list[dict[str, Any]],
 
     d.faces.sort(key=lambda f: f.face_id)
     usable = [f for f in d.faces if f.usable]
-    pur = purify([f.cand.embedding for f in usable], params)
+    embs = [f.cand.embedding for f in usable]
+    pur = purify(embs, params)
+    decided_by, evidence = None, "no video of this person to decide by"
+    if pur.ambiguous and tie_break is not None:
+        from dsbuilder.face.identity import keep_cluster
+
+        label, evidence = tie_break(embs, pur)
+        if label is not None:
+            pur, decided_by = keep_cluster(embs, pur, label), evidence
+            log.info("dictionary: %s: equal photo clusters (%s); %s: cluster %d kept", pid,
+                     pur.describe(), evidence, label)
     for f, keep in zip(usable, pur.kept):
         f.kept = bool(keep)
     if pur.mean is not None:
@@ -255,10 +303,13 @@ def _person_from_photos(person: Person, photos: list[dict[str, Any]],
         f.reason = "identity_outlier"
         if pur.ambiguous:
             f.detail = (f"ambiguous identity: no single largest cluster among {len(usable)} usable "
-                        f"faces ({pur.describe()}); nothing kept: add photos of {person.name}")
+                        f"faces ({pur.describe()}; {evidence}); nothing kept: add photos of "
+                        f"{person.name}")
         else:
             f.detail = (f"not in the dominant identity ({n_kept} of {len(usable)} faces; "
-                        f"{pur.describe()}); distance {f.distance:.3f} to its mean")
+                        f"{pur.describe()}"
+                        + (f"; equal photo clusters decided by {decided_by}" if decided_by else "")
+                        + f"); distance {f.distance:.3f} to its mean")
     if pur.ambiguous:
         d.ambiguous = pur.describe()
         log.warning("dictionary: %s: the photos show %d identities of equal size (%s); cannot tell "

@@ -291,6 +291,7 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
                               "fallback, not the learned active-speaker model (Light-ASD weights "
                               "not installed: `dsbuilder models pull light-asd`)"
                               if scorers.get("correlation") else None)},
+        "people_lost": sorted(p["person_id"] for p in tables["people"] if not p["n_kept"]),
         "people": [{"person_id": p["person_id"], "name": p["name"], "n_kept": p["n_kept"],
                     "threshold": _plain(p["threshold"]), "est_far": _plain(p["est_far"]),
                     "clips": sum(1 for c in clips if c["person_id"] == p["person_id"])}
@@ -378,6 +379,10 @@ def render_html(report: Mapping[str, Any]) -> str:
              + (f" <b>{esc(report['speakers']['note'])}.</b>" if report["speakers"]["note"]
                 else "") + "</p>",
              "<h2>People</h2>",
+             (f"<p><b>No kept reference face, so no clip, for: "
+              f"{esc(', '.join(report['people_lost']))}</b> (dictionary rejections "
+              "<code>no_kept_face</code>, <code>identity_outlier</code>; add photos).</p>"
+              if report["people_lost"] else ""),
              _table(("person", "name", "kept photos", "match threshold", "est. false accepts",
                      "clips"),
                     ((p["person_id"], p["name"], p["n_kept"], p["threshold"], p["est_far"],
@@ -574,6 +579,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         log.warning("report: %s", warning)
     if report["speakers"]["note"]:
         log.warning("report: %s", report["speakers"]["note"])
+    if report["people_lost"]:
+        log.warning("report: no kept reference face for %s", ", ".join(report["people_lost"]))
     out = ws.root / REPORT_DIR
     atomic_write_bytes(out / "report.json",
                        (json.dumps(report, indent=1, sort_keys=False) + "\n").encode())
