@@ -16,7 +16,8 @@ def _defaults() -> dict:
     d = stage_defaults("label")
     return {"min_states": d["hmm_min_states"], "max_states": d["hmm_max_states"],
             "restarts": d["hmm_restarts"], "family": d["hmm_family"],
-            "criterion": d["hmm_criterion"], "seed": d["hmm_seed"], "baseline": d["au_baseline"]}
+            "criterion": d["hmm_criterion"], "seed": d["hmm_seed"], "baseline": d["au_baseline"],
+            "min_segment_s": d["hmm_min_segment_s"]}
 
 
 DEFAULTS = _defaults()
@@ -71,8 +72,10 @@ def hmm() -> None:
               type=click.Choice(["percentile", "median_shape"]),
               help="Per-track neutral baseline of the geometric AUs.")
 @click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=int)
+@click.option("--min-segment-s", default=DEFAULTS["min_segment_s"], show_default=True, type=float,
+              help="Shortest segment (minimum-duration Viterbi; 0: plain Viterbi).")
 def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, restarts: int,
-            family: str, criterion: str, baseline: str, seed: int) -> None:
+            family: str, criterion: str, baseline: str, seed: int, min_segment_s: float) -> None:
     """Fit an HMM on PERSON's tracks; save models/hmm/<person>.json; write the segments table."""
     import numpy as np
 
@@ -96,11 +99,11 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     mpath = H.save_model(model, hmm_model_path(ws.root, person))
     phash = params_hash({"min_states": min_states, "max_states": max_states, "restarts": restarts,
                          "family": family, "criterion": criterion, "baseline": baseline,
-                         "seed": seed, "features": "geometric"})
+                         "seed": seed, "features": "geometric", "min_segment_s": min_segment_s})
     new_rows = []
     for (tr, rows), x in zip(seqs, X):
         new_rows.extend(hmm_segment_rows(model, {**tr, "person_id": person}, rows, x,
-                                         ws.relpath(mpath)))
+                                         ws.relpath(mpath), min_segment_s))
     # one segments file for everyone: other people's rows are kept, with their own params hash
     kept = [r for r in read_table(ws, "segments").to_pylist() if r["person_id"] != person]
     hashes = {r["segment_id"]: r.pop("stage_params_hash") for r in kept}

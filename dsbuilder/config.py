@@ -254,6 +254,9 @@ STAGE_PARAMS["label"] = {
     "hmm_seed": Param(int, 0, "seed of the first restart (restart r uses seed + r)", min=0),
     "hmm_min_frames": Param(int, 20, "people with fewer labelled frames get no HMM (their clips: "
                             "rejection hmm_too_few_frames)", min=2),
+    "hmm_min_segment_s": Param((int, float), 0.5, "every HMM segment lasts at least this long "
+                               "(minimum-duration Viterbi; 0: plain Viterbi); a clip shorter than "
+                               "it is one segment", min=0.0, max=60.0),
 }
 
 STAGE_PARAMS["report"] = {

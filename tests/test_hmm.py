@@ -249,3 +249,38 @@ def test_cli_fit_keeps_other_people(workspace):
     assert len(p1) >= 9 and {x["family"] for x in p1} == {"poisson"}
     assert pq.read_schema(ws.manifests / "segments.parquet").field("au_profile").type == \
         pa.list_(pa.float32())
+
+
+def test_min_run_viterbi_is_the_best_constrained_path():
+    """Against brute force on small random HMMs: the same score as the best path whose runs all last
+    >= min_run frames (a shorter sequence: one run), and such a path."""
+    import itertools
+
+    from dsbuilder.labels.hmm import runs, viterbi_min_run
+
+    rng = np.random.default_rng(0)
+
+    def score(ls, lt, ll, p):
+        return ls[p[0]] + ll[0, p[0]] + sum(lt[a, b] + ll[t + 1, b]
+                                            for t, (a, b) in enumerate(zip(p, p[1:])))
+
+    for _ in range(150):
+        K, T, D = int(rng.integers(1, 4)), int(rng.integers(1, 8)), int(rng.integers(1, 4))
+        ls = np.log(rng.dirichlet(np.ones(K)))
+        lt = np.log(rng.dirichlet(np.ones(K), size=K))
+        ll = rng.normal(0, 2, (T, K))
+        path = viterbi_min_run(ls, lt, ll, D)
+        lengths = [b - a for a, b, _ in runs(path)]
+        assert (min(lengths) >= D) if T >= D else len(lengths) == 1
+        ok = [p for p in itertools.product(range(K), repeat=T)
+              if (min(b - a for a, b, _ in runs(np.array(p))) >= D if T >= D
+                  else len(set(p)) == 1)]
+        best = max(score(ls, lt, ll, p) for p in ok)
+        assert score(ls, lt, ll, path) == pytest.approx(best)
+    # min_run 1 is the plain Viterbi path
+    ls, lt = np.log([0.5, 0.5]), np.log([[0.9, 0.1], [0.1, 0.9]])
+    ll = np.log(np.array([[0.9, 0.1]] * 3 + [[0.1, 0.9]] + [[0.9, 0.1]] * 3))
+    assert viterbi_min_run(ls, lt, ll, 1).tolist() == [0, 0, 0, 0, 0, 0, 0]
+    ll = np.log(np.array([[0.99, 0.01]] * 3 + [[0.01, 0.99]] * 2 + [[0.99, 0.01]] * 3))
+    assert viterbi_min_run(ls, lt, ll, 1).tolist() == [0, 0, 0, 1, 1, 0, 0, 0]
+    assert viterbi_min_run(ls, lt, ll, 3).tolist() == [0] * 8

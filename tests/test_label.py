@@ -220,6 +220,8 @@ def test_action_units_facs_scores_and_agreement(workspace):
 
 def test_hmm_segments_per_person(workspace):
     recipe, ws = workspace
+    # these clips are 12 frames long with a 4-frame smile: plain Viterbi (no minimum duration)
+    recipe.stages["label"] = {**recipe.stages["label"], "hmm_min_segment_s": 0.0}
     label_stage.run(recipe, ws, progress=False)
     segs = read_table(ws, "segments").to_pylist()
     model = ws.root / "models" / "hmm" / "p1.json"
@@ -237,6 +239,23 @@ def test_hmm_segments_per_person(workspace):
         assert smiling[-1]["nearest_emotion"] == "happiness"
         assert all(s["model_path"] == "models/hmm/p1.json" and s["person_id"] == "p1"
                    for s in mine)
+
+
+def test_hmm_segments_last_at_least_the_minimum(workspace):
+    """With the default minimum (0.5 s) no segment is shorter, and a clip shorter than it is one
+    segment; rows come sorted by track and start."""
+    recipe, ws = workspace
+    recipe.stages["label"] = {**recipe.stages["label"], "hmm_min_segment_s": 0.2}
+    label_stage.run(recipe, ws, progress=False)
+    segs = read_table(ws, "segments").to_pylist()
+    assert segs == sorted(segs, key=lambda r: (r["track_id"], r["start_frame"]))
+    for s in segs:
+        whole = sum(x["n_frames"] for x in segs if x["track_id"] == s["track_id"])
+        assert s["end_s"] - s["start_s"] >= 0.2 - 1e-6 or s["n_frames"] == whole
+    recipe.stages["label"] = {**recipe.stages["label"], "hmm_min_segment_s": 5.0}
+    label_stage.run(recipe, ws, progress=False)
+    segs = read_table(ws, "segments").to_pylist()
+    assert sorted(s["track_id"] for s in segs) == ["t1-grace", "t2-astro"]  # one per clip
 
 
 def test_labellers_can_be_switched_off(workspace, monkeypatch):

@@ -242,10 +242,75 @@ class Segment:
     emotion_score: float
 
 
-def decode(model: HmmModel, X: np.ndarray) -> np.ndarray:
-    """Viterbi state path of one sequence."""
-    _, states = model.hmm.decode(model.encode(X), algorithm="viterbi")
-    return states
+def decode(model: HmmModel, X: np.ndarray, min_run: int = 1) -> np.ndarray:
+    """Viterbi state path of one sequence; with ``min_run > 1`` the most likely path under the
+    model among those whose every run of one state lasts at least ``min_run`` frames
+    (:func:`viterbi_min_run`)."""
+    obs = model.encode(X)
+    if min_run <= 1:
+        _, states = model.hmm.decode(obs, algorithm="viterbi")
+        return states
+    loglik = model.hmm._compute_log_likelihood(obs)  # (T, K) log p(x_t | state k)
+    with np.errstate(divide="ignore"):
+        return viterbi_min_run(np.log(model.hmm.startprob_), np.log(model.hmm.transmat_), loglik,
+                               min_run)
+
+
+def viterbi_min_run(log_start: np.ndarray, log_trans: np.ndarray, loglik: np.ndarray,
+                    min_run: int) -> np.ndarray:
+    """Minimum-duration Viterbi: the MAP state path of an HMM (log start, log transition and
+    per-frame log emission probabilities) subject to every run -- the first and the last
+    included -- lasting at least ``min_run`` frames. A sequence shorter than that is one run.
+
+    The search runs on an expanded state space ``(k, d)``: state ``k`` held for ``d + 1`` frames,
+    ``d`` capped at ``D - 1`` (``D = min_run``). Staying in ``k`` costs ``log a_kk`` as in the model;
+    leaving ``k`` for ``j`` (``log a_kj``) is allowed only from ``(k, D - 1)``. So the path's score is
+    the model's own log-probability of it, and the constraint only removes paths. Time
+    O(T K (D + K)), memory O(T K D) small integers.
+    """
+    loglik = np.asarray(loglik, np.float64)
+    T, K = loglik.shape
+    D = max(1, int(min_run))
+    if T == 0:
+        return np.zeros(0, np.int64)
+    if T < D or K == 1:  # one run: the best single state for the whole sequence
+        score = log_start + loglik.sum(axis=0) + (T - 1) * np.diag(log_trans)
+        return np.full(T, int(np.argmax(score)), np.int64)
+    stay = np.diag(log_trans).copy()
+    switch = log_trans.copy()
+    np.fill_diagonal(switch, -np.inf)
+    delta = np.full((K, D), -np.inf)
+    delta[:, 0] = log_start + loglik[0]
+    entry_from = np.zeros((T, K), np.int64)  # (k, 0) at t entered from (entry_from, D-1) at t-1
+    held_from_full = np.zeros((T, K), bool)  # (k, D-1) at t came from (k, D-1), not (k, D-2)
+    for t in range(1, T):
+        new = np.full((K, D), -np.inf)
+        cand = delta[:, D - 1][:, None] + switch  # (from j, to k)
+        entry_from[t] = np.argmax(cand, axis=0)
+        new[:, 0] = cand[entry_from[t], np.arange(K)]
+        if D > 1:
+            new[:, 1:] = delta[:, :-1] + stay[:, None]
+            full = delta[:, D - 1] + stay
+            held_from_full[t] = full > new[:, D - 1]
+            new[:, D - 1] = np.maximum(new[:, D - 1], full)
+        else:
+            full = delta[:, 0] + stay
+            held_from_full[t] = full > new[:, 0]
+            new[:, 0] = np.maximum(new[:, 0], full)
+        delta = new + loglik[t][:, None]
+    k, d = int(np.argmax(delta[:, D - 1])), D - 1
+    path = np.empty(T, np.int64)
+    for t in range(T - 1, -1, -1):
+        path[t] = k
+        if t == 0:
+            break
+        if d == D - 1 and held_from_full[t, k]:
+            continue
+        if d == 0:
+            k, d = int(entry_from[t, k]), D - 1
+        else:
+            d -= 1
+    return path
 
 
 def state_emotions(model: HmmModel) -> list[tuple[str, float]]:
@@ -265,12 +330,13 @@ def runs(states: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(states[a])) for a, b in zip(starts, ends)]
 
 
-def segments(model: HmmModel, X: np.ndarray) -> list[Segment]:
-    """Viterbi-decode one AU sequence into :class:`Segment` runs."""
+def segments(model: HmmModel, X: np.ndarray, min_run: int = 1) -> list[Segment]:
+    """Viterbi-decode one AU sequence into :class:`Segment` runs of at least ``min_run`` frames
+    (shorter only when the whole sequence is)."""
     means = model.state_means()
     emos = state_emotions(model)
     return [Segment(a, b, s, tuple(float(v) for v in means[s]), emos[s][0], float(emos[s][1]))
-            for a, b, s in runs(decode(model, X))]
+            for a, b, s in runs(decode(model, X, min_run))]
 
 
 def sample(model: HmmModel, seconds: float, fps: float | None = None,

@@ -200,15 +200,22 @@ def frames_fps(frames: list[Mapping[str, Any]]) -> float:
     return round(float(1.0 / np.median(dt)), 3) if len(dt) else 25.0
 
 
+#: HMM parameters that change the decoding only, not the fitted model (left out of its cache key).
+DECODE_ONLY = ("hmm_min_segment_s",)
+
+
 def hmm_segment_rows(model, track: Mapping[str, Any], frames: list[Mapping[str, Any]],
-                     x: np.ndarray, model_path: str) -> list[dict[str, Any]]:
+                     x: np.ndarray, model_path: str, min_segment_s: float = 0.0
+                     ) -> list[dict[str, Any]]:
     """Viterbi-decode one clip's AU sequence ``x`` (row-aligned with ``frames``, sorted by frame
     index) into ``segments`` rows (times from the frames; the last segment ends one frame after its
-    last frame)."""
+    last frame). Segments last at least ``min_segment_s`` (minimum-duration Viterbi at the model's
+    frame rate)."""
     from dsbuilder.labels import hmm as H
 
     rows = []
-    for k, seg in enumerate(H.segments(model, x)):
+    min_run = max(1, int(round(min_segment_s * model.fps)))
+    for k, seg in enumerate(H.segments(model, x, min_run)):
         first, last = frames[seg.start], frames[seg.end - 1]
         nxt = frames[seg.end] if seg.end < len(frames) else None
         rows.append({
@@ -240,7 +247,7 @@ def fit_person_hmm(ws: Workspace, person_id: str, seqs: list[np.ndarray], fps: f
     from dsbuilder.labels.au import AU_GEOM_NAMES
     from dsbuilder.workspace import atomic_write_bytes
 
-    hp = {k: params[k] for k in params if k.startswith("hmm_")}
+    hp = {k: params[k] for k in params if k.startswith("hmm_") and k not in DECODE_ONLY}
     digest = hashlib.sha256(person_id.encode())
     for x in seqs:
         digest.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
@@ -524,5 +531,6 @@ def _segments(ws: Workspace, labelled: list[_Labelled], params: Mapping[str, Any
                  "" if computed else " (cached)")
         mpath = ws.relpath(hmm_model_path(ws.root, person_id))
         for lab in labs:
-            rows.extend(hmm_segment_rows(model, lab.track, lab.frames, lab.geom, mpath))
-    return rows
+            rows.extend(hmm_segment_rows(model, lab.track, lab.frames, lab.geom, mpath,
+                                         float(params["hmm_min_segment_s"])))
+    return sorted(rows, key=lambda r: (r["track_id"], r["start_frame"]))
