@@ -6,11 +6,14 @@ video length, and times are right for variable-frame-rate input too.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class MediaError(Exception):
@@ -107,14 +110,71 @@ def luma(av_frame: Any) -> np.ndarray | None:
     return cv2.LUT(y, _LIMITED_TO_FULL)
 
 
+def _damaged_packet_errors() -> tuple[type, ...]:
+    """PyAV's exception types for a packet the decoder refuses (imported on use: ``av`` is heavy)."""
+    import av
+
+    return (av.error.InvalidDataError, av.error.PatchWelcomeError, av.error.UndefinedError)
+
+
+def safe_decode(packet: Any) -> list:
+    """``packet.decode()``, or no frame when the packet is damaged (see :func:`decode_stream`)."""
+    try:
+        return packet.decode()
+    except _damaged_packet_errors():
+        return []
+
+
+def decode_stream(container: Any, stream: Any, damage: list | None = None) -> Iterator[Any]:
+    """Decoded frames of ``stream``, packet by packet, streaming.
+
+    A packet the decoder refuses (damaged bytes in the middle of a file) is skipped, not fatal: the
+    frames it held are lost and decoding goes on with the next packets (after a damaged key frame, the
+    decoder waits for the next one). Each run of refused packets is appended to ``damage`` as
+    ``[first_t, last_t, n_packets]`` (seconds on the container's timeline; None when the packets carry
+    no time). A file cut short simply ends where its data ends; the caller compares what decoded with
+    what the container declares (:func:`declared_frames`).
+    """
+    start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+    span: list | None = None
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except _damaged_packet_errors() as exc:
+            t = (float(packet.pts * packet.time_base) - start
+                 if packet.pts is not None and packet.time_base is not None else None)
+            if span is None:
+                span = [t, t, 0]
+                if damage is not None:
+                    damage.append(span)
+                log.info("decode: skipping a damaged packet at %s s: %s", t, exc)
+            span[1] = t if t is not None else span[1]
+            span[2] += 1
+            continue
+        if frames:
+            span = None
+        yield from frames
+
+
+def declared_frames(info: "MediaInfo") -> int | None:
+    """Frames the container says its video stream holds (None when it does not say)."""
+    if info.n_frames:
+        return int(info.n_frames)
+    if info.duration and info.fps:
+        return int(round(info.duration * info.fps))
+    return None
+
+
 def iter_frames(path: str | Path, width: int | None = None, max_frames: int | None = None,
-                fmt: str = "bgr24") -> Iterator[tuple[int, float, np.ndarray]]:
+                fmt: str = "bgr24", damage: list | None = None
+                ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield ``(index, pts_seconds, image)`` for every decoded frame, streaming.
 
     ``width`` resizes (keeping the aspect ratio, even height) inside FFmpeg's scaler; grey frames at
     their own size come straight from the Y plane (:func:`luma`). Times come from
     each frame's presentation timestamp, so they are right for variable frame rates; a frame with no
-    timestamp gets the previous time plus one nominal frame duration.
+    timestamp gets the previous time plus one nominal frame duration. Damaged packets are skipped
+    and reported in ``damage`` (:func:`decode_stream`).
     """
     import av
 
@@ -137,7 +197,7 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
         # one scaler for the whole stream: frame.to_ndarray(width=...) would set up a new one per frame
         reformatter = av.video.reformatter.VideoReformatter()
         try:
-            for frame in container.decode(stream):
+            for frame in decode_stream(container, stream, damage):
                 if frame.pts is not None and frame.time_base is not None:
                     t = float(frame.pts * frame.time_base) - start
                 else:

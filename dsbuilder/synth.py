@@ -103,11 +103,12 @@ def transition_frames(shots: Sequence[Shot]) -> list[int]:
 def write_video(path: str | Path, shots: Sequence[Shot], *, fps: float = 25.0,
                 size: tuple[int, int] = (240, 320), codec: str = "libx264", audio: str | None = "tone",
                 vfr_fps: Sequence[float] | None = None, container_format: str | None = None,
-                pix_fmt: str = "yuv420p") -> list[int]:
+                pix_fmt: str = "yuv420p", faststart: bool = False) -> list[int]:
     """Write ``shots`` to ``path``; return the true transition frames.
 
     ``audio``: "tone" (a voiced, syllable-like 150 Hz tone modulated at 4 Hz), "silence" or None.
     ``vfr_fps``: a frame rate per shot instead of ``fps``, giving variable-frame-rate video.
+    ``faststart``: the mp4 index (moov) before the media data, as web downloads have it.
     """
     import av
 
@@ -115,7 +116,8 @@ def write_video(path: str | Path, shots: Sequence[Shot], *, fps: float = 25.0,
     h, w = size
     rates = list(vfr_fps) if vfr_fps else [fps] * len(shots)
     time_base = Fraction(1, 90000)
-    with av.open(str(path), "w", format=container_format) as out:
+    options = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(path), "w", format=container_format, options=options) as out:
         vs = out.add_stream(codec, rate=Fraction(max(rates)).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         vs.time_base = time_base

@@ -183,6 +183,42 @@ def test_bad_files_raise_media_error_with_reason(tmp_path, kind, reason):
     assert info.value.reason == reason
 
 
+def test_truncated_and_damaged_videos_keep_what_decodes(tmp_path):
+    """A faststart mp4 cut in half: its index still declares every frame; the shots cover what
+    decodes and a ``truncated`` row says how much is missing. Damaged bytes in the middle: that
+    stretch is a ``decode_error`` row, the shots before and after it stay, none spans it."""
+    whole = tmp_path / "whole.mp4"
+    write(whole, [synth.Shot(synth.grace_hopper(), 100), synth.Shot(synth.texture(1), 100),
+                  synth.Shot(synth.texture(2), 100)], audio=None, faststart=True)
+    data = whole.read_bytes()
+    half = tmp_path / "half.mp4"
+    half.write_bytes(data[:len(data) // 2])
+    mid = tmp_path / "mid.mp4"
+    damaged = bytearray(data)
+    damaged[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)
+    mid.write_bytes(bytes(damaged))
+    ws = Workspace.open(tmp_path / "ws")
+    write_table(ws, "sources", [add_video(ws, p, f"src-{p.stem}") for p in (whole, half, mid)], "h")
+    shots_stage.run(make_recipe(ws.root), ws, progress=False)
+    shots = read_table(ws, "shots").to_pylist()
+    rej = {r["item_id"]: r for r in read_table(ws, "rejections").to_pylist()}
+    assert not [k for k in rej if k.startswith("src-whole")]
+    tail = rej["src-half-tail"]
+    assert tail["reason"] == "truncated" and "declares 300 frames" in tail["detail"]
+    half_shots = [s for s in shots if s["source_id"] == "src-half"]
+    assert half_shots and max(s["end_frame"] for s in half_shots) < 250
+    assert "src-half" not in rej and "src-mid" not in rej  # neither video is dropped whole
+    gap = rej["src-mid-damaged0"]
+    assert gap["reason"] == "decode_error" and "skipped" in gap["detail"]
+    import re
+
+    t0, t1 = (float(x) for x in re.search(r"([\d.]+)-([\d.]+) s skipped", gap["detail"]).groups())
+    mid_shots = [s for s in shots if s["source_id"] == "src-mid"]
+    assert mid_shots and not any(s["start_s"] < t0 and s["end_s"] > t1 for s in mid_shots)
+    assert max(s["end_s"] for s in mid_shots) > t1 + 4  # what follows the gap is kept
+    assert "src-mid-tail" not in rej
+
+
 # --- min_shot_s -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("detector", DETECTOR_NAMES)

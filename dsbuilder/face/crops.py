@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dsbuilder.face.tracker import frame_time, open_video
-from dsbuilder.media import MediaError
+from dsbuilder.media import MediaError, safe_decode
 from dsbuilder.workspace import atomic_path, sha256_file
 
 #: x264 constant rate factor of the clips (lower is better; 18 is visually lossless for most content).
@@ -369,7 +369,7 @@ def _write_group(source: Path, jobs: list[CropJob], size: int, rate: int) -> lis
         to_rgb = av.video.reformatter.VideoReformatter()  # for sources that are not 4:2:0
         try:
             for packet in container.demux(*streams):
-                for frame in packet.decode():
+                for frame in safe_decode(packet):  # a damaged packet: no frame, not an error
                     if packet.stream is vstream:
                         t = frame_time(frame, info.start_offset, last_t, step)
                         last_t = t

@@ -272,13 +272,15 @@ def iter_video(path: str | Path) -> Iterator[tuple[VideoInfo, Frame]]:
     """Yield ``(info, Frame)`` for every decoded frame, streaming. Raises :class:`MediaError`."""
     import av
 
+    from dsbuilder.media import decode_stream
+
     container, stream, info = open_video(path)
     converters = {k: av.video.reformatter.VideoReformatter() for k in ("gray", "rgb", "detect")}
     step = 1.0 / info.fps
     index, last_t = 0, None
     with container:
         try:
-            for av_frame in container.decode(stream):
+            for av_frame in decode_stream(container, stream):
                 t = frame_time(av_frame, info.start_offset, last_t, step)
                 last_t = t
                 yield info, Frame(index, t, av_frame, converters)

@@ -12,7 +12,7 @@ from dsbuilder.config import STAGES
 CODE_VERSIONS = {
     "scrape": "1",
     "dictionary": "1",
-    "shots": "1",
+    "shots": "2",
     "faces": "2",
     "speakers": "2",
     "label": "2",

@@ -12,6 +12,11 @@ keep one float per frame).
 ``manifests/rejections/shots.parquet``. Rejections:
 
 * ``decode_error`` / ``no_video_stream``: the video cannot be used (item_id = its source_id);
+* ``decode_error`` for a damaged stretch in the middle (item_id ``<source_id>-damaged<k>``, its times in
+  the detail): its packets are skipped, the rest of the video is kept, no shot spans the gap;
+* ``truncated`` (item_id ``<source_id>-tail``): the file decodes clearly fewer frames than its container
+  declares (more than 5 % and 1 s short, damaged stretches aside), as a download cut short with its
+  index at the front does; the decoded part is kept with its real duration;
 * ``too_short``: a shot shorter than ``min_shot_s`` (item_id = the shot's id). The detectors already
   refuse cuts closer than ``min_shot_s`` (converted to frames at the average frame rate); what remains
   short is typically the last shot, or a shot in a slower part of a variable-frame-rate video.
@@ -84,7 +89,14 @@ class Shot:
 
 # --- one file -------------------------------------------------------------------------------------
 
-def detect_shots(path: str | Path, params: Mapping[str, Any] | None = None) -> list[Shot]:
+#: A video is ``truncated`` when it decodes fewer frames than its container declares by more than
+#: this fraction and more than :data:`TRUNCATED_MIN_S` seconds of frames.
+TRUNCATED_FRACTION = 0.05
+TRUNCATED_MIN_S = 1.0
+
+
+def detect_shots(path: str | Path, params: Mapping[str, Any] | None = None,
+                 report: dict[str, Any] | None = None) -> list[Shot]:
     """Detect the shots of one video file; no workspace needed.
 
     ``params`` are ``stages.shots`` parameters (missing keys take their defaults from
@@ -92,11 +104,17 @@ def detect_shots(path: str | Path, params: Mapping[str, Any] | None = None) -> l
     A video without cuts is one shot. Shots shorter than ``min_shot_s`` are included with
     ``too_short=True``.
 
+    Damaged stretches in the middle of the file are skipped (their frames are lost; a shot never
+    spans one); a file cut short gives the shots of what decodes. ``report``, when given, receives
+    ``damaged`` (``[first_t, last_t, n_packets]`` per damaged stretch), ``decoded_frames``,
+    ``declared_frames`` (from the container; None when it does not say), ``decoded_end_s`` and
+    ``declared_s``: :func:`_rows_from_record` turns them into rejection rows.
+
     Raises :class:`~dsbuilder.media.MediaError` with reason ``decode_error`` (not a readable video,
-    empty, corrupt, decoding failed part-way) or ``no_video_stream`` (e.g. an audio-only file), and
+    empty, nothing decodable) or ``no_video_stream`` (e.g. an audio-only file), and
     :class:`OSError` if the file cannot be read at all (e.g. it does not exist).
     """
-    from dsbuilder.media import iter_frames
+    from dsbuilder.media import declared_frames, iter_frames, probe
     from dsbuilder.shots_detectors import create_detector
 
     p = {**stage_defaults(STAGE), **(params or {})}
@@ -107,14 +125,26 @@ def detect_shots(path: str | Path, params: Mapping[str, Any] | None = None) -> l
 
     times: list[float] = []  # presentation time of every frame, by index
     cuts: set[int] = set()
-    for index, t, image in iter_frames(path, width=scale_to):
+    damage: list[list] = []
+    seen_damage = 0
+    for index, t, image in iter_frames(path, width=scale_to, damage=damage):
+        if len(damage) > seen_damage:  # frames were lost just before this one: a cut here
+            seen_damage = len(damage)
+            if index:
+                cuts.add(index)
         times.append(t)
         cuts.update(detector.process(index, image))
     if not times:
         raise MediaError("decode_error", "no decodable video frame")
     cuts.update(detector.finish(len(times)))
-    return shots_from_cuts(sorted(cuts), times, fps=fps, detector=detector.name,
-                           min_shot_s=float(p["min_shot_s"]))
+    shots = shots_from_cuts(sorted(cuts), times, fps=fps, detector=detector.name,
+                            min_shot_s=float(p["min_shot_s"]))
+    if report is not None:
+        info = probe(path)
+        report.update(damaged=damage, decoded_frames=len(times),
+                      declared_frames=declared_frames(info), decoded_end_s=shots[-1].end_s,
+                      declared_s=info.duration)
+    return shots
 
 
 def shots_from_cuts(cuts: list[int], times: list[float], *, fps: float, detector: str,
@@ -208,10 +238,11 @@ def _compute_record(path: Path | None, params: Mapping[str, Any]) -> tuple[dict[
     be read (missing, permissions) is rejected but not cached: it may be back on the next run.
     """
     def work(p: Path) -> dict[str, Any]:
-        shots = detect_shots(p, params)
+        decode: dict[str, Any] = {}
+        shots = detect_shots(p, params, report=decode)
         short = sum(s.too_short for s in shots)
         log.info("shots: %s: %d shots (%d too short)", p, len(shots), short)
-        return {"shots": [asdict(s) for s in shots]}
+        return {"shots": [asdict(s) for s in shots], "decode": decode}
 
     return media_record(STAGE, path, work, keep_reason=True)
 
@@ -224,7 +255,7 @@ def _rows_from_record(record: Mapping[str, Any], source_id: str, min_shot_s: flo
         rej = record["rejected"]
         return [], [Rejection(stage=STAGE, item_id=source_id, reason=rej["reason"],
                               detail=rej["detail"], source_id=source_id, at=at)]
-    rows, rejections = [], []
+    rows, rejections = [], _decode_rejections(record.get("decode") or {}, source_id, at)
     for d in record["shots"]:
         shot = Shot(**d)
         if shot.too_short:
@@ -236,3 +267,32 @@ def _rows_from_record(record: Mapping[str, Any], source_id: str, min_shot_s: flo
         else:
             rows.append(shot.row(source_id))
     return rows, rejections
+
+
+def _decode_rejections(decode: Mapping[str, Any], source_id: str, at: str) -> list[Rejection]:
+    """What did not decode: each damaged stretch (``decode_error``, item ``<source_id>-damaged<k>``)
+    and a missing tail (``truncated``, item ``<source_id>-tail``). The rest of the video is kept."""
+    out = []
+    for k, (t0, t1, n) in enumerate(decode.get("damaged") or []):
+        span = f"{t0:.3f}-{t1:.3f} s" if t0 is not None else "at an unknown time"
+        out.append(Rejection(stage=STAGE, item_id=f"{source_id}-damaged{k}", reason="decode_error",
+                             detail=f"{n} damaged packet(s) {span} skipped: their frames are lost, "
+                                    "no shot spans them", source_id=source_id, at=at))
+    got, declared = decode.get("decoded_frames"), decode.get("declared_frames")
+    end, declared_s = float(decode.get("decoded_end_s") or 0.0), decode.get("declared_s")
+    if got and declared:
+        fps = got / max(end, 1e-9) if got > 1 else FALLBACK_FPS
+        lost = sum((t1 - t0) * fps + 1 for t0, t1, _ in decode.get("damaged") or []
+                   if t0 is not None)
+        missing = declared - got - lost  # frames neither decoded nor in a damaged stretch
+        tail_s = (float(declared_s) - end) if declared_s else missing / fps
+        if (missing > TRUNCATED_FRACTION * declared and missing / fps > TRUNCATED_MIN_S
+                and tail_s > TRUNCATED_MIN_S):
+            out.append(Rejection(
+                stage=STAGE, item_id=f"{source_id}-tail", reason="truncated",
+                detail=(f"the container declares {declared} frames"
+                        + (f" ({decode['declared_s']:.2f} s)" if decode.get("declared_s") else "")
+                        + f"; {got} decode, up to {float(decode['decoded_end_s']):.2f} s: the file "
+                        "is cut short; shots cover the decoded part only"),
+                source_id=source_id, at=at))
+    return out
