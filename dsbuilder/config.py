@@ -269,6 +269,12 @@ STAGE_PARAMS["report"] = {
                       "(connected), videos only, or people only",
                       choices=("identity_and_video", "video", "identity")),
     "split_seed": Param(int, 0, "seed of the hash that places each group in a split", min=0),
+    "min_clip_s": Param((int, float), 1.0, "shortest training clip: tracks are cut where the FER "
+                        "teacher's emotion changes for at least this long and where speech starts "
+                        "or stops; shorter tracks give no clip (rejection too_short)", min=0.1,
+                        max=60.0),
+    "max_clip_s": Param((int, float), 10.0, "longest training clip (longer pieces are split "
+                        "evenly)", min=0.5, max=600.0),
     "examples_per_reason": Param(int, 5, "rejected items listed per stage and reason in the report",
                                  min=0),
     "review": Param(str, None, "the curator's decisions: a CSV with columns clip_id, decision "

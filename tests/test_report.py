@@ -87,19 +87,37 @@ def demo_ws(demo_workspace):
 
 
 def test_clips_are_the_labelled_kept_tracks_with_their_lineage(demo_ws):
+    """Each labelled kept track is cut into clips of min_clip_s..max_clip_s that tile it (or it is
+    too short and has a rejection row); each clip names its frames in the track's crop files."""
     recipe, ws = demo_ws
+    params = recipe.stage_params("report")
     clips = read_table(ws, "clips").to_pylist()
     labelled = {r["track_id"] for r in read_table(ws, "label_clips").to_pylist() if r["kept"]}
-    assert clips and {c["clip_id"] for c in clips} == labelled
+    too_short = {r["item_id"] for r in read_table(ws, "rejections").to_pylist()
+                 if r["stage"] == "report" and r["reason"] == "too_short"}
+    assert clips and {c["track_id"] for c in clips} | too_short == labelled
     tracks = {t["track_id"]: t for t in read_table(ws, "tracks").to_pylist()}
     sources = {s["source_id"]: s for s in read_table(ws, "sources").to_pylist()}
-    speaking = {r["track_id"] for r in read_table(ws, "speech").to_pylist() if r["speaking"]}
+    for tid in {c["track_id"] for c in clips}:
+        mine = sorted((c for c in clips if c["track_id"] == tid), key=lambda c: c["clip_index"])
+        t = tracks[tid]
+        assert [c["clip_index"] for c in mine] == list(range(len(mine)))
+        assert mine[0]["crop_start_frame"] == 0 and mine[-1]["end_frame"] == t["end_frame"]
+        assert all(a["end_frame"] == b["start_frame"] for a, b in zip(mine, mine[1:]))
+        for c in mine:
+            assert c["clip_id"] == f"{tid}-c{c['clip_index']:02d}"
+            assert c["crop_end_frame"] - c["crop_start_frame"] == c["n_frames"]
+            assert c["crop_start_frame"] == c["start_frame"] - t["start_frame"]
+            assert c["crop_start_s"] == pytest.approx(c["start_s"] - t["start_s"])
+            assert params["min_clip_s"] - 1e-6 <= c["duration_s"] <= params["max_clip_s"] + 1e-6
+            assert c["ended_by"] in ("emotion", "speech", "max_length", "track_end")
     for c in clips:
         t = tracks[c["track_id"]]
         assert t["kept"] and c["person_id"] == t["person_id"] and c["video_path"] == t["crop_path"]
         assert (ws.root / c["video_path"]).is_file() and (ws.root / c["audio_path"]).is_file()
         assert c["licence"] == sources[c["source_id"]]["licence"]
-        assert c["speaking"] == (c["track_id"] in speaking)
+        assert 0 <= c["speaking_s"] <= c["duration_s"] + 1e-6
+        assert c["speaking"] == (c["speaking_s"] >= 0.5 * c["duration_s"])
         assert abs(sum(c["probs"]) - 1) < 1e-4 and c["split"] in report_stage.SPLITS
     assert validate(ws)[0] == []
 
@@ -140,10 +158,10 @@ def test_report_escapes_what_sources_say(demo_ws):
     recipe, ws = demo_ws
     tables, sizes = report_stage.read_inputs(ws)
     tables["sources"][0]["uploader"] = "<script>alert(1)</script>"
-    clips = report_stage.clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
-                                   tables["sources"])
-    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", 0)
     params = recipe.stage_params("report")
+    clips, _ = report_stage.clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
+                                      tables["sources"], report_stage.read_labels(ws), params)
+    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", 0)
     page = report_stage.render_html(report_stage.build_report(recipe, tables, sizes, clips, params,
                                                               5))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -269,3 +287,31 @@ def test_croissant_describes_the_clips_table(demo_ws):
     assert types["probs"] == ("sc:Float", True) and types["speaking"] == ("sc:Boolean", False)
     assert types["n_frames"] == ("sc:Integer", False) and types["clip_id"] == ("sc:Text", False)
     assert meta["license"] == ["public-domain"]
+
+
+@pytest.mark.realmedia
+def test_real_track_changing_expression_gives_clips_with_different_labels(shared_media, tmp_path):
+    """single_face.mp4: the man is neutral until ~0.75 s, then smiles broadly. With clips of at
+    least 0.5 s the track is cut where the teacher's emotion changes: a neutral clip, then a happy
+    one."""
+    import cv2
+
+    from dsbuilder.media import iter_frames
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.workspace import Workspace
+
+    video = shared_media / "video" / "single_face.mp4"
+    for _, t, img in iter_frames(video):
+        if t >= 0.3:
+            cv2.imwrite(str(tmp_path / "man.jpg"), img)
+            break
+    (tmp_path / "r.yaml").write_text(
+        f"name: smile\npeople:\n  - id: man\n    photos: [{tmp_path / 'man.jpg'}]\n"
+        f"    videos: [{video}]\nstages:\n  report: {{min_clip_s: 0.5}}\n")
+    recipe = load_recipe(tmp_path / "r.yaml", tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    pipeline.run(recipe, ws, progress=False)
+    clips = sorted(read_table(ws, "clips").to_pylist(), key=lambda c: c["start_s"])
+    assert [c["argmax"] for c in clips] == ["neutral", "happy"], clips
+    assert clips[0]["ended_by"] == "emotion" and 0.5 <= clips[1]["start_s"] <= 1.0
+    assert clips[0]["track_id"] == clips[1]["track_id"] and clips[0]["split"] == clips[1]["split"]

@@ -48,7 +48,9 @@ def make_clips(root, n_train: int = 24, n_val: int = 10, speaking: bool = True) 
             "clip_id": clip_id, "track_id": clip_id, "source_id": "src-a",
             "shot_id": f"src-a-shot{i:04d}", "person_id": "p", "video_path": f"clips/{clip_id}.mp4",
             "audio_path": f"clips/{clip_id}.wav", "start_frame": 0, "end_frame": 37,
-            "start_s": 0.0, "end_s": 1.5, "duration_s": 1.5, "n_frames": 37,
+            "start_s": 0.0, "end_s": 1.5, "duration_s": 1.5, "n_frames": 37, "clip_index": 0,
+            "crop_start_frame": 0, "crop_end_frame": 37, "crop_start_s": 0.0, "crop_end_s": 1.5,
+            "ended_by": "track_end",
             "probs": teacher(cls, rng), "speaking": speaking, "speaking_s": 1.5 if speaking else 0.0,
             "split": "train" if i < n_train else "val", "split_group": "person:p"})
     write_table(ws, "clips", rows, "h")

@@ -10,7 +10,8 @@ Every table carries ``schema_version``, its own id, the ids of its parents, ``so
 from __future__ import annotations
 
 SCHEMA_VERSION = 3  # 2: AU, FACS and FER/AU agreement columns in labels / label_clips (and the clips table)
-# 3: Light-ASD logits in speech (asd_logit_mean) and speaking_frames (asd_logit)
+# 3: Light-ASD logits in speech (asd_logit_mean) and speaking_frames (asd_logit); clips cut from
+#    tracks at emotion changes and speech bounds (clip_index, crop_start/end_frame/_s, ended_by)
 
 
 def _common(pa):
@@ -227,7 +228,7 @@ REASONS = {
 REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
                        "decode_error", "too_short")
 REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
-REASONS["report"] = ("curator_rejected",)  # a leak between splits is an error, not a rejection
+REASONS["report"] = ("curator_rejected", "too_short")  # a leak between splits is an error, not a rejection
 
 
 def _speakers_schemas(pa, ts) -> dict:
@@ -386,8 +387,9 @@ def _clips_schema(pa) -> dict:
     """``clips``: the training view, one row per labelled kept track (written by the ``report``
     stage; manifests/clips.md). ``probs`` in dsbuilder.labels.fer.FER_CLASSES order."""
     clips = pa.schema([
-        pa.field("clip_id", pa.string(), nullable=False),  # = track_id
+        pa.field("clip_id", pa.string(), nullable=False),  # <track_id>-c<clip_index>
         pa.field("track_id", pa.string(), nullable=False),  # parent: the face track
+        pa.field("clip_index", pa.int32(), nullable=False),  # k-th clip of the track
         pa.field("source_id", pa.string(), nullable=False),
         pa.field("shot_id", pa.string(), nullable=False),
         pa.field("person_id", pa.string(), nullable=False),
@@ -401,6 +403,11 @@ def _clips_schema(pa) -> dict:
         pa.field("end_s", pa.float64(), nullable=False),
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("crop_start_frame", pa.int64(), nullable=False),  # the clip's frames in video_path
+        pa.field("crop_end_frame", pa.int64(), nullable=False),  # exclusive
+        pa.field("crop_start_s", pa.float64(), nullable=False),  # its span in video/audio_path
+        pa.field("crop_end_s", pa.float64(), nullable=False),
+        pa.field("ended_by", pa.string(), nullable=False),  # emotion|speech|max_length|track_end
         pa.field("probs", pa.list_(pa.float32(), 7)),  # clip mean of the FER soft labels
         pa.field("argmax", pa.string()),
         pa.field("argmax_prob", pa.float32()),

@@ -214,7 +214,7 @@ def hmm_segment_rows(model, track: Mapping[str, Any], frames: list[Mapping[str, 
     from dsbuilder.labels import hmm as H
 
     rows = []
-    min_run = max(1, int(round(min_segment_s * model.fps)))
+    min_run = max(1, int(np.ceil(min_segment_s * model.fps - 1e-9)))
     for k, seg in enumerate(H.segments(model, x, min_run)):
         first, last = frames[seg.start], frames[seg.end - 1]
         nxt = frames[seg.end] if seg.end < len(frames) else None

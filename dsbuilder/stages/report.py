@@ -37,6 +37,8 @@ import math
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from dsbuilder import __version__
 from dsbuilder.config import STAGES
 from dsbuilder.errors import StageError
@@ -65,44 +67,118 @@ class LeakageError(StageError):
 
 # --- clips ---------------------------------------------------------------------------------------
 
+LABEL_COLUMNS = ("track_id", "frame_index", "crop_frame", "t", "fer_probs", "fer_probs_smoothed",
+                 "fer_argmax", "valence_smoothed", "arousal_smoothed", "au_emotion")
+
+
 def clip_rows(tracks: Iterable[Mapping[str, Any]], label_clips: Iterable[Mapping[str, Any]],
-              speech: Iterable[Mapping[str, Any]], sources: Iterable[Mapping[str, Any]]
-              ) -> list[dict[str, Any]]:
-    """One row per kept track with a kept ``label_clips`` row, joined with its speech and source
-    (``split`` and ``split_group`` are filled by :func:`assign_splits`)."""
-    labels = {r["track_id"]: r for r in label_clips if r["kept"]}
+              speech: Iterable[Mapping[str, Any]], sources: Iterable[Mapping[str, Any]],
+              labels: Iterable[Mapping[str, Any]], params: Mapping[str, Any],
+              at: str = "") -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """The training view: each kept track with a kept ``label_clips`` row, cut into clips that
+    carry one emotion (:func:`dsbuilder.labels.cuts.cut_track`), each with its own labels, speech
+    and lineage (``split`` and ``split_group`` are filled by :func:`assign_splits`). A track
+    shorter than ``min_clip_s`` gives a ``too_short`` rejection instead."""
+    from dsbuilder.labels.cuts import cut_track
+
+    kept_labels = {r["track_id"]: r for r in label_clips if r["kept"]}
     src = {r["source_id"]: r for r in sources}
     talk: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in speech:
         talk[r["track_id"]].append(r)
-    rows = []
+    frames: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in labels:
+        if r["track_id"] in kept_labels:
+            frames[r["track_id"]].append(r)
+    rows, rejections = [], []
     for t in sorted(tracks, key=lambda r: r["track_id"]):
-        lab = labels.get(t["track_id"])
+        lab = kept_labels.get(t["track_id"])
         if not t["kept"] or not t["crop_path"] or lab is None:
             continue
-        segs = talk.get(t["track_id"], [])
-        speaking = [s for s in segs if s["speaking"]]
+        fr = sorted(frames.get(t["track_id"], []), key=lambda r: r["frame_index"])
+        if not fr:
+            continue
+        segs = sorted(talk.get(t["track_id"], []), key=lambda r: r["start_frame"])
+        index = {f["frame_index"]: i for i, f in enumerate(fr)}
+        bounds = {index[b] for s in segs for b in (s["start_frame"], s["end_frame"]) if b in index}
+        probs = (np.array([f["fer_probs_smoothed"] for f in fr], np.float64)
+                 if all(f["fer_probs_smoothed"] is not None for f in fr) else None)
+        cuts = cut_track([f["t"] for f in fr], float(t["end_s"]), probs, sorted(bounds),
+                         min_clip_s=float(params["min_clip_s"]),
+                         max_clip_s=float(params["max_clip_s"]))
+        if not cuts:
+            rejections.append(Rejection(
+                STAGE, t["track_id"], "too_short",
+                f"the track lasts {t['end_s'] - t['start_s']:.2f} s < min_clip_s "
+                f"{float(params['min_clip_s']):g}: no training clip", t["source_id"],
+                t["person_id"], at))
+            continue
         s = src.get(t["source_id"], {})
-        rows.append({
-            "clip_id": t["track_id"], "track_id": t["track_id"], "source_id": t["source_id"],
-            "shot_id": t["shot_id"], "person_id": t["person_id"],
-            "video_path": t["crop_path"], "video_sha256": t["crop_sha256"],
-            "audio_path": t["audio_path"], "audio_sha256": t["audio_sha256"],
-            "start_frame": t["start_frame"], "end_frame": t["end_frame"],
-            "start_s": t["start_s"], "end_s": t["end_s"],
-            "duration_s": t["end_s"] - t["start_s"], "n_frames": t["n_frames"],
-            "probs": lab["mean_probs"], "argmax": lab["argmax"], "argmax_prob": lab["argmax_prob"],
-            "entropy": lab["entropy"], "agreement": lab["agreement"],
-            "valence": lab["mean_valence"], "arousal": lab["mean_arousal"],
-            "au_emotion": lab["au_emotion"], "fer_au_agreement": lab["fer_au_agreement"],
-            "fer_model": lab["fer_model"],
-            "speaking": bool(speaking),
-            "speaking_s": float(sum(x["end_s"] - x["start_s"] for x in speaking)),
-            "sync_confidence": segs[0]["sync_confidence"] if segs else None,
-            "licence": s.get("licence"), "webpage_url": s.get("webpage_url") or s.get("url"),
-            "review": None, "split": None, "split_group": None,
-        })
-    return rows
+        for k, cut in enumerate(cuts):
+            part = fr[cut.start:cut.end]
+            start_s = float(part[0]["t"])
+            end_s = float(fr[cut.end]["t"]) if cut.end < len(fr) else float(t["end_s"])
+            end_frame = (fr[cut.end]["frame_index"] if cut.end < len(fr)
+                         else int(t["end_frame"]))
+            speaking = [x for x in segs if x["speaking"]]
+            speaking_s = sum(max(0.0, min(end_s, x["end_s"]) - max(start_s, x["start_s"]))
+                             for x in speaking)
+            overlap = max(segs, key=lambda x: min(end_s, x["end_s"]) - max(start_s, x["start_s"]),
+                          default=None)
+            rows.append({
+                "clip_id": f"{t['track_id']}-c{k:02d}", "track_id": t["track_id"],
+                "clip_index": k, "source_id": t["source_id"], "shot_id": t["shot_id"],
+                "person_id": t["person_id"],
+                "video_path": t["crop_path"], "video_sha256": t["crop_sha256"],
+                "audio_path": t["audio_path"], "audio_sha256": t["audio_sha256"],
+                "start_frame": part[0]["frame_index"], "end_frame": end_frame,
+                "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
+                "n_frames": end_frame - part[0]["frame_index"],
+                "crop_start_frame": part[0]["frame_index"] - int(t["start_frame"]),
+                "crop_end_frame": end_frame - int(t["start_frame"]),
+                "crop_start_s": start_s - float(t["start_s"]),
+                "crop_end_s": end_s - float(t["start_s"]),
+                "ended_by": cut.ended_by,
+                **_clip_labels(part, lab),
+                "speaking": speaking_s >= 0.5 * (end_s - start_s),
+                "speaking_s": float(speaking_s),
+                "sync_confidence": overlap["sync_confidence"] if overlap else None,
+                "licence": s.get("licence"), "webpage_url": s.get("webpage_url") or s.get("url"),
+                "review": None, "split": None, "split_group": None,
+            })
+    return rows, rejections
+
+
+def _clip_labels(part: Sequence[Mapping[str, Any]], track_labels: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """A clip's own labels from its frames' rows: FER mean and agreement, V/A, AU emotion."""
+    from dsbuilder.labels.fer import FER_CLASSES
+    from dsbuilder.labels.va import entropy
+    from dsbuilder.stages.label import FER_TO_FACS
+
+    out: dict[str, Any] = {"probs": None, "argmax": None, "argmax_prob": None, "entropy": None,
+                           "agreement": None, "valence": None, "arousal": None,
+                           "au_emotion": None, "fer_au_agreement": None,
+                           "fer_model": track_labels.get("fer_model")}
+    if all(f["fer_probs"] is not None for f in part):
+        mean = np.mean([f["fer_probs"] for f in part], axis=0)
+        k = int(np.argmax(mean))
+        smoothed = [int(np.argmax(f["fer_probs_smoothed"])) for f in part
+                    if f["fer_probs_smoothed"] is not None]
+        out.update(probs=[float(x) for x in mean], argmax=FER_CLASSES[k],
+                   argmax_prob=float(mean[k]), entropy=entropy(mean),
+                   agreement=float(np.mean([x == k for x in smoothed])) if smoothed else None)
+    for key, col in (("valence", "valence_smoothed"), ("arousal", "arousal_smoothed")):
+        vals = [f[col] for f in part if f[col] is not None]
+        out[key] = float(np.mean(vals)) if vals else None
+    aus = [f["au_emotion"] for f in part if f["au_emotion"] is not None]
+    if aus:
+        out["au_emotion"] = Counter(aus).most_common(1)[0][0]
+        pairs = [(f["fer_argmax"], f["au_emotion"]) for f in part
+                 if f["fer_argmax"] is not None and f["au_emotion"] is not None]
+        if pairs:
+            out["fer_au_agreement"] = float(np.mean([FER_TO_FACS[a] == b for a, b in pairs]))
+    return out
 
 
 # --- the curator's review ------------------------------------------------------------------------
@@ -545,6 +621,14 @@ READ_TABLES = ("sources", "people", "tracks", "speech", "label_clips", "rejectio
 COUNTED_TABLES = ("shots", "labels", "segments")
 
 
+def read_labels(ws: Workspace) -> list[dict[str, Any]]:
+    """The per-frame label columns the clips are cut and labelled from."""
+    table = read_table(ws, "labels")
+    if table.num_rows == 0:
+        return []
+    return table.select([c for c in LABEL_COLUMNS]).to_pylist()
+
+
 def read_inputs(ws: Workspace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """The rows of :data:`READ_TABLES` and the row counts of :data:`COUNTED_TABLES`."""
     return ({n: read_table(ws, n).to_pylist() for n in READ_TABLES},
@@ -557,9 +641,12 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     params = recipe.stage_params(STAGE)
     result = StageResult(stage=STAGE, params_hash=params_hash(params))
     tables, sizes = read_inputs(ws)
-    clips = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"], tables["sources"])
+    at = first_time(ws, STAGE, "clips", result.params_hash)
+    clips, too_short = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
+                                 tables["sources"], read_labels(ws), params, at)
     review = read_review(params["review"])
     clips, result.rejections, unknown = apply_review(clips, review, result.params_hash, ws)
+    result.rejections = too_short + result.rejections
     if unknown:
         log.warning("report: %d reviewed clip id(s) are not clips: %s", len(unknown),
                     ", ".join(unknown[:5]))

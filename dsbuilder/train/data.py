@@ -7,7 +7,9 @@
     item = train[0]   # {"clip_id", "person_id", "probs", "face", "audio", ...}
 
 Each item decodes its clip when asked (nothing is held in memory between items), so it works with
-``DataLoader(num_workers=...)``. ``face``: the aligned crop frames, ``(T, H, W, 3)`` uint8 RGB (or
+``DataLoader(num_workers=...)``. A clip is a frame range of its track's crop files
+(``crop_start_frame``/``crop_end_frame``, ``crop_start_s``/``crop_end_s``). ``face``: the aligned crop
+frames, ``(T, H, W, 3)`` uint8 RGB (or
 ``(T, H, W)`` grey with ``grey=True``), at most ``max_frames`` spread evenly over the clip; ``audio``:
 the clip's 16 kHz mono samples, float32. ``probs`` (7, float32) are the face teacher's clip-level soft
 labels in :data:`dsbuilder.labels.fer.FER_CLASSES` order; ``valence``/``arousal`` and the rest of the
@@ -71,18 +73,26 @@ class ClipDataset:
         if "audio" in self.modalities:
             from dsbuilder.train.speech import read_wav
 
-            item["audio"] = read_wav(self.ws.abspath(row["audio_path"]))
+            rate = 16000  # the faces stage's audio_rate: the wav beside each crop
+            a = int(round(float(row["crop_start_s"]) * rate))
+            b = int(round(float(row["crop_end_s"]) * rate))
+            item["audio"] = read_wav(self.ws.abspath(row["audio_path"]), a, b - a)
         return item
 
     def frames(self, row: Mapping[str, Any]) -> np.ndarray:
         """The clip's crop frames (at most ``max_frames``, evenly spread)."""
         from dsbuilder.media import iter_frames
 
-        keep = None
-        n = int(row["n_frames"])
+        first, end = int(row["crop_start_frame"]), int(row["crop_end_frame"])
+        n = end - first
+        keep = set(range(first, end))
         if self.max_frames and n > self.max_frames:
-            keep = set(np.linspace(0, n - 1, self.max_frames).round().astype(int).tolist())
+            keep = set((first + np.linspace(0, n - 1, self.max_frames).round().astype(int)).tolist())
         fmt = "gray" if self.grey else "rgb24"
-        frames = [img for k, _, img in iter_frames(self.ws.abspath(row["video_path"]), fmt=fmt)
-                  if keep is None or k in keep]
+        frames = []
+        for k, _, img in iter_frames(self.ws.abspath(row["video_path"]), fmt=fmt):
+            if k in keep:
+                frames.append(img)
+            if k >= end - 1:
+                break
         return np.stack(frames) if frames else np.zeros((0,), np.uint8)

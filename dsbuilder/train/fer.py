@@ -68,13 +68,17 @@ def load_frames(ws: Workspace, split: str, cfg: FerTrainConfig, crop_fraction: f
     clips = {c["clip_id"]: c for c in read_table(ws, "clips").to_pylist() if c["split"] == split}
     column = "fer_probs_smoothed" if cfg.target == "smoothed" else "fer_probs"
     by_track: dict[str, list[tuple[int, list[float]]]] = {}
+    tracks = {c["track_id"] for c in clips.values()}
     if clips:
         for r in read_table(ws, "labels").select(["track_id", "crop_frame", column]).to_pylist():
-            if r["track_id"] in clips and r[column] is not None:
+            if r["track_id"] in tracks and r[column] is not None:
                 by_track.setdefault(r["track_id"], []).append((r["crop_frame"], r[column]))
+    by_clip = {cid: [(k, p) for k, p in by_track.get(c["track_id"], [])
+                     if c["crop_start_frame"] <= k < c["crop_end_frame"]]
+               for cid, c in clips.items()}
     faces, targets, ids = [], [], []
-    for clip_id in sorted(by_track):
-        rows = sorted(by_track[clip_id])
+    for clip_id in sorted(k for k, v in by_clip.items() if v):
+        rows = sorted(by_clip[clip_id])
         if len(rows) > cfg.max_frames_per_clip:
             pick = np.linspace(0, len(rows) - 1, cfg.max_frames_per_clip).round().astype(int)
             rows = [rows[i] for i in sorted(set(pick.tolist()))]

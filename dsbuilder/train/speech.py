@@ -63,7 +63,8 @@ class AudioClip:
     clip_id: str
     wav: Path
     probs: np.ndarray  # (7,) the teacher's
-    n_samples: int
+    n_samples: int  # the clip's samples
+    offset: int = 0  # where the clip starts in ``wav`` (a track's wav holds all its clips)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -100,8 +101,10 @@ def load_clips(ws: Workspace, split: str, speaking_only: bool) -> list[AudioClip
             raise TrainingError(f"clips {c['clip_id']}: audio file missing: {c['audio_path']}",
                                 "rerun the faces stage (dsbuilder run RECIPE)")
         with wave.open(str(path), "rb") as w:
-            n = w.getnframes()
-        out.append(AudioClip(c["clip_id"], path, np.asarray(c["probs"], np.float32), n))
+            total, rate = w.getnframes(), w.getframerate()
+        a = min(total, int(round(float(c["crop_start_s"]) * rate)))
+        b = min(total, int(round(float(c["crop_end_s"]) * rate)))
+        out.append(AudioClip(c["clip_id"], path, np.asarray(c["probs"], np.float32), b - a, a))
     return sorted(out, key=lambda c: c.clip_id)
 
 
@@ -114,7 +117,7 @@ def windows(clip: AudioClip, window: int, step: int) -> list[int]:
 
 def features(clip: AudioClip, start: int, window: int) -> np.ndarray:
     """Log-mel of ``window`` samples from ``start`` (zero-padded past the clip's end)."""
-    x = read_wav(clip.wav, start, window)
+    x = read_wav(clip.wav, clip.offset + start, max(0, min(window, clip.n_samples - start)))
     if len(x) < window:
         x = np.pad(x, (0, window - len(x)))
     return log_mel(x)
