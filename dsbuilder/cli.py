@@ -127,6 +127,10 @@ def cli(verbose: int, quiet: bool) -> None:
     `dsbuilder run RECIPE`. Set DSBUILDER_DEBUG=1 to see tracebacks.
     """
     _setup_logging(verbose, quiet)
+    if quiet:  # -q hides progress bars too
+        from dsbuilder import progress
+
+        progress.QUIET = True
 
 
 @cli.command()

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dsbuilder.progress import at_time
+
 log = logging.getLogger(__name__)
 
 
@@ -211,6 +213,7 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
                 else:
                     img = reformatter.reformat(frame, format=fmt).to_ndarray()
                 yield index, t, img
+                at_time(t)
                 index += 1
                 if max_frames is not None and index >= max_frames:
                     return
@@ -218,3 +221,60 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
             if index == 0:
                 raise MediaError("decode_error", f"cannot decode: {exc}") from None
             raise MediaError("decode_error", f"decoding stopped at frame {index}: {exc}") from None
+
+
+def sample_frames(path: str | Path, times: list[float], fmt: str = "rgb24"
+                  ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """One frame per requested time (ascending, seconds on the container's timeline): the first
+    frame shown at or after it. Yields ``(index, t, image)``; ``index`` is ``round(t * fps)``, exact for
+    constant frame rates.
+
+    For sparse samples of a long video: each sample seeks to the key frame before it and decodes
+    from there, so the cost is a group of pictures per sample, not the whole video, and only the
+    sampled frames are converted. A sample whose seek lands after it (a broken index) is decoded
+    on from where the previous one stopped instead. Raises :class:`MediaError`.
+    """
+    import av
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise MediaError("decode_error", f"cannot open: {exc}") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("no_video_stream", "the file has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+        reformatter = av.video.reformatter.VideoReformatter()
+        decoded = 0
+        for want in times:
+            try:
+                if stream.time_base is not None:
+                    container.seek(int((want + start - 0.001) / stream.time_base), stream=stream,
+                                   backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                pass  # not seekable: decode on
+            got = None
+            try:
+                for frame in decode_stream(container, stream):
+                    if frame.pts is None or frame.time_base is None:
+                        continue
+                    t = float(frame.pts * frame.time_base) - start
+                    if t + 1e-6 >= want:
+                        got = (t, frame)
+                        break
+            except av.error.FFmpegError as exc:
+                raise MediaError("decode_error", f"decoding near {want:.2f} s: {exc}") from None
+            if got is None:
+                break  # past the end
+            t, frame = got
+            decoded += 1
+            img = luma(frame) if fmt == "gray" else None
+            if img is None:
+                img = reformatter.reformat(frame, format=fmt).to_ndarray()
+            yield int(round(t * rate)), t, img
+            at_time(t)
+        if not decoded and times:
+            raise MediaError("decode_error", "no decodable video frame")

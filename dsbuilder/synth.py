@@ -243,3 +243,30 @@ def dub_video(src: str | Path, dest: str | Path, samples: np.ndarray | None, rat
                     out.mux(p)
             for p in astream.encode():
                 out.mux(p)
+
+
+def concat_video(src: str | Path, dest: str | Path, times: int) -> None:
+    """``src`` played ``times`` times in a row, its packets copied (no re-encoding): a long real video
+    for benchmarks. Every stream's timestamps are shifted by the file's duration per repeat."""
+    import av
+
+    with av.open(str(src)) as probe_c:
+        length = probe_c.duration / 1_000_000 if probe_c.duration else None
+    if not length:
+        raise ValueError(f"{src}: no duration")
+    with av.open(str(dest), "w") as out:
+        outs = {}
+        for k in range(times):
+            with av.open(str(src)) as inp:
+                streams = [s for s in inp.streams if s.type in ("video", "audio")]
+                if not outs:
+                    outs = {s.index: out.add_stream_from_template(s) for s in streams}
+                for pkt in inp.demux(*streams):
+                    if pkt.dts is None:
+                        continue
+                    shift = int(round(k * length / pkt.time_base))
+                    pkt.dts += shift
+                    if pkt.pts is not None:
+                        pkt.pts += shift
+                    pkt.stream = outs[pkt.stream.index]
+                    out.mux(pkt)

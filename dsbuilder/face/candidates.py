@@ -272,25 +272,22 @@ class FrameFaces:
 
 def sample_video_faces(path: str | Path, params: Mapping[str, Any] | None = None, *,
                        interval_s: float = 1.0, max_frames: int = 30) -> Iterator[FrameFaces]:
-    """Stream a video and analyse one frame every ``interval_s`` seconds, at most ``max_frames``.
+    """Analyse one frame every ``interval_s`` seconds of a video, at most ``max_frames``.
 
-    Frames are decoded with :func:`dsbuilder.media.iter_frames` (memory does not grow with the
-    video); each sampled frame goes through :func:`analyse_photo`. Raises
+    The frames are reached by seeking (:func:`dsbuilder.media.sample_frames`): a group of pictures
+    is decoded per sample, not the whole video, and only the sampled frames are converted. Each goes
+    through :func:`analyse_photo`. ``frame_index`` is ``round(t * fps)``. Raises
     :class:`~dsbuilder.media.MediaError` if the video cannot be decoded.
     """
-    from dsbuilder.media import iter_frames
+    from dsbuilder.media import probe, sample_frames
 
-    next_t = None
-    taken = 0
-    for index, t, img in iter_frames(path, fmt="rgb24"):
-        if next_t is None:
-            next_t = t
-        if t + 1e-6 < next_t:
-            continue
+    info = probe(path)
+    if not info.has_video:
+        from dsbuilder.media import MediaError
+
+        raise MediaError("no_video_stream", "the file has no video stream")
+    duration = float(info.duration or 0.0)
+    n = max(1, min(max_frames, int(duration // interval_s) + 1)) if duration else max_frames
+    times = [k * interval_s for k in range(n)]
+    for index, t, img in sample_frames(path, times, fmt="rgb24"):
         yield FrameFaces(index, float(t), tuple(analyse_photo(img, params)))
-        taken += 1
-        next_t += interval_s
-        while next_t <= t:  # a gap in the timestamps: do not take a burst of frames after it
-            next_t += interval_s
-        if taken >= max_frames:
-            return

@@ -273,6 +273,7 @@ def iter_video(path: str | Path) -> Iterator[tuple[VideoInfo, Frame]]:
     import av
 
     from dsbuilder.media import decode_stream
+    from dsbuilder.progress import at_time
 
     container, stream, info = open_video(path)
     converters = {k: av.video.reformatter.VideoReformatter() for k in ("gray", "rgb", "detect")}
@@ -284,6 +285,7 @@ def iter_video(path: str | Path) -> Iterator[tuple[VideoInfo, Frame]]:
                 t = frame_time(av_frame, info.start_offset, last_t, step)
                 last_t = t
                 yield info, Frame(index, t, av_frame, converters)
+                at_time(t)
                 index += 1
         except av.error.FFmpegError as exc:
             where = "cannot decode" if index == 0 else f"decoding stopped at frame {index}"

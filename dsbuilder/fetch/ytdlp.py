@@ -217,8 +217,11 @@ class YtDlp:
         import yt_dlp
         from yt_dlp.utils import YoutubeDLError
 
+        from dsbuilder.progress import media_bar
+
         deadline = Deadline.after(self.timeout_s)
         max_bytes = self.max_bytes
+        bar = None  # the bytes bar, once the download starts
 
         def hook(d: dict[str, Any]) -> None:
             # Raised exceptions leave yt-dlp and abort the download; the caller cleans dest_dir.
@@ -226,6 +229,8 @@ class YtDlp:
                 return
             deadline.check(what, self.timeout_s)
             total = d.get("total_bytes") or d.get("total_bytes_estimate") or 0
+            if bar is not None:
+                bar.transfer(float(d.get("downloaded_bytes") or 0), float(total) or None)
             if max(total, d.get("downloaded_bytes") or 0) > max_bytes:
                 raise FetchFailed("too_large", f"{what}: over the limit of {max_bytes} bytes")
 
@@ -233,7 +238,8 @@ class YtDlp:
         logger = _Logger()
         opts = self._options(logger, outtmpl={"default": str(dest_dir / "media.%(ext)s")},
                              progress_hooks=[hook], max_filesize=max_bytes)
-        with yt_dlp.YoutubeDL(opts) as ydl:
+        with yt_dlp.YoutubeDL(opts) as ydl, \
+                media_bar("download", 0, unit="B", leave=False) as bar:
             try:
                 result = ydl.process_ie_result(dict(info), download=True)
             except YoutubeDLError as exc:

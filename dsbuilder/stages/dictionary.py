@@ -127,6 +127,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     """
     from tqdm import tqdm
 
+    from dsbuilder.progress import QUIET
+
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
     ahash = params_hash({k: params[k] for k in ANALYSIS_PARAMS})
@@ -143,7 +145,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     videos = [r for r in ok if r["kind"] == "video"]
 
     records: dict[str, dict[str, Any]] = {}
-    for src in tqdm(photos, desc="dictionary", unit="photo", disable=not progress):
+    for src in tqdm(photos, desc="dictionary", unit="photo", disable=not progress or QUIET):
         records[src["source_id"]] = _photo_record(ws, src, params, ahash, force, result)
 
     dicts = [_person_from_photos(p, photos, records, params, wanted, result)
@@ -328,7 +330,7 @@ def _person_from_photos(person: Person, photos: list[dict[str, Any]],
 def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]], ws: Workspace,
                params: Mapping[str, Any], ahash: str, force: bool, progress: bool,
                result: StageResult) -> None:
-    from tqdm import tqdm
+    from dsbuilder.progress import over as progress_over
 
     means = {d.person.id: d.mean for d in dicts if d.mean is not None}
     todo = []
@@ -351,7 +353,8 @@ def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]], ws: 
     need = sorted({v["source_id"] for v in videos for d in todo if d.person.id in v["person_ids"]})
     by_id = {v["source_id"]: v for v in videos}
     frames: dict[str, list[FrameFaces] | dict[str, Any]] = {}
-    for sid in tqdm(need, desc="dictionary bootstrap", unit="video", disable=not progress):
+    for sid in progress_over(need, "dictionary bootstrap",
+                             lambda s: float(by_id[s].get("duration") or 0), enabled=progress):
         frames[sid] = _video_record(ws, by_id[sid], params, ahash, force, result)
 
     bmax = float(params["bootstrap_max_distance"])

@@ -438,7 +438,7 @@ def process_video(path: str | Path, shots: Sequence[Any], dictionary: Dictionary
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
     """Track and identify faces in every kept video; write clips of kept tracks; publish ``tracks``
     and ``frames`` (and the stage's rejections). One bad video never stops the run."""
-    from tqdm import tqdm
+    from dsbuilder.progress import media_bar
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -458,33 +458,36 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
 
     track_rows: list[dict[str, Any]] = []
     frame_rows: list[dict[str, Any]] = []
-    for src in tqdm(videos, desc="faces", unit="video", disable=not progress):
-        source_id = src["source_id"]
-        if not len(dictionary):
-            result.rejections.append(Rejection(
-                stage=STAGE, item_id=source_id, reason="no_dictionary",
-                detail="no recipe person has a kept dictionary face", source_id=source_id))
-            continue
-        shots = sorted(shots_by_video.get(source_id, []), key=lambda r: r["start_frame"])
-        if not shots:
-            log.info("faces: %s has no kept shots; skipped", source_id)
-            continue
-        key = item_key(f"{src['sha256'] or source_id}\0{dict_hash}\0{_shots_hash(shots)}", phash,
-                       CODE_VERSIONS[STAGE])
-        record = None if force else ws.get_record(STAGE, key)
-        if record is not None and _files_present(ws, record):
-            result.cached += 1
-        else:
-            path = ws.abspath(src["local_path"]) if src["local_path"] else None
-            record, cacheable = _compute_record(ws, path, source_id, shots, dictionary, params)
-            if cacheable:
-                ws.put_record(STAGE, key, record)
-            result.computed += 1
-            _return_freed_memory()
-        tracks, frames, rejections = _rows_from_record(record, source_id)
-        track_rows.extend(tracks)
-        frame_rows.extend(frames)
-        result.rejections.extend(rejections)
+    with media_bar("faces", sum(float(v.get("duration") or 0) for v in videos),
+                   enabled=progress) as bar:
+        for src in videos:
+            bar.item(float(src.get("duration") or 0), src["source_id"])
+            source_id = src["source_id"]
+            if not len(dictionary):
+                result.rejections.append(Rejection(
+                    stage=STAGE, item_id=source_id, reason="no_dictionary",
+                    detail="no recipe person has a kept dictionary face", source_id=source_id))
+                continue
+            shots = sorted(shots_by_video.get(source_id, []), key=lambda r: r["start_frame"])
+            if not shots:
+                log.info("faces: %s has no kept shots; skipped", source_id)
+                continue
+            key = item_key(f"{src['sha256'] or source_id}\0{dict_hash}\0{_shots_hash(shots)}", phash,
+                           CODE_VERSIONS[STAGE])
+            record = None if force else ws.get_record(STAGE, key)
+            if record is not None and _files_present(ws, record):
+                result.cached += 1
+            else:
+                path = ws.abspath(src["local_path"]) if src["local_path"] else None
+                record, cacheable = _compute_record(ws, path, source_id, shots, dictionary, params)
+                if cacheable:
+                    ws.put_record(STAGE, key, record)
+                result.computed += 1
+                _return_freed_memory()
+            tracks, frames, rejections = _rows_from_record(record, source_id)
+            track_rows.extend(tracks)
+            frame_rows.extend(frames)
+            result.rejections.extend(rejections)
 
     _remove_unreferenced_clips(ws, clips, track_rows)
     result.rows = {"tracks": track_rows, "frames": frame_rows}

@@ -282,7 +282,7 @@ class _Labelled:
 
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
     """Label every kept track's crop clip; publish ``labels``, ``label_clips`` and ``segments``."""
-    from tqdm import tqdm
+    from dsbuilder.progress import over as progress_over
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -304,7 +304,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     label_rows: list[dict[str, Any]] = []
     clip_rows: list[dict[str, Any]] = []
     labelled: list[_Labelled] = []
-    for tr in tqdm(tracks, desc="label", unit="track", disable=not progress):
+    for tr in progress_over(tracks, "label", lambda t: t["end_s"] - t["start_s"],
+                            enabled=progress):
         track_id = tr["track_id"]
         frames = sorted(frames_by_track.get(track_id, []), key=lambda r: r["frame_index"])
         if not frames:

@@ -810,6 +810,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, retry_failed: boo
     """
     from tqdm import tqdm
 
+    from dsbuilder.progress import QUIET
+
     job = _Scrape(recipe, ws, force=force, retry_failed=retry_failed)
     result = StageResult(STAGE, job.params_hash)
     specs: list[SourceSpec] = []
@@ -820,7 +822,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, retry_failed: boo
             specs.append(spec)
     done: list[tuple[SourceSpec, dict[str, Any], list[_Occurrence]]] = []
     try:
-        for spec in tqdm(specs, desc="scrape", unit="source", disable=not progress):
+        for spec in tqdm(specs, desc="scrape", unit="source", disable=not progress or QUIET):
             tmpdir = Path(tempfile.mkdtemp(prefix=".dl-", dir=ws.raw))
             try:
                 listing = job.listing(spec, tmpdir)

@@ -197,7 +197,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     nothing and writes byte-identical manifests. ``force`` recomputes every video. One bad video never
     stops the run: it becomes a rejection row.
     """
-    from tqdm import tqdm
+    from dsbuilder.progress import media_bar
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -210,24 +210,35 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         log.warning("shots: the sources manifest is empty or missing; run the scrape stage first")
 
     shot_rows: list[dict[str, Any]] = []
-    for src in tqdm(videos, desc="shots", unit="video", disable=not progress):
-        source_id = src["source_id"]
-        key = item_key(src["sha256"] or source_id, phash, CODE_VERSIONS[STAGE])
-        record = None if force else ws.get_record(STAGE, key)
-        if record is not None:
-            result.cached += 1
-        else:
-            path = ws.abspath(src["local_path"]) if src["local_path"] else None
-            record, cacheable = _compute_record(path, params)
-            if cacheable:
-                ws.put_record(STAGE, key, record)
-            result.computed += 1
-        rows, rejections = _rows_from_record(record, source_id, float(params["min_shot_s"]))
-        shot_rows.extend(rows)
-        result.rejections.extend(rejections)
+    with media_bar("shots", sum(float(v.get("duration") or 0) for v in videos),
+                   enabled=progress) as bar:
+        for src in videos:
+            bar.item(float(src.get("duration") or 0), src["source_id"])
+            shot_rows_, rejections_, computed = _video_shots(ws, src, params, phash, force)
+            shot_rows.extend(shot_rows_)
+            result.rejections.extend(rejections_)
+            result.computed += computed
+            result.cached += 1 - computed
 
     result.rows = {"shots": shot_rows}
     return publish(ws, result)
+
+
+def _video_shots(ws: Workspace, src: Mapping[str, Any], params: Mapping[str, Any], phash: str,
+                 force: bool) -> tuple[list[dict[str, Any]], list[Rejection], int]:
+    """One video's shot rows and rejections (from its cache record, or computed: then 1)."""
+    source_id = src["source_id"]
+    key = item_key(src["sha256"] or source_id, phash, CODE_VERSIONS[STAGE])
+    record = None if force else ws.get_record(STAGE, key)
+    computed = 0
+    if record is None:
+        path = ws.abspath(src["local_path"]) if src["local_path"] else None
+        record, cacheable = _compute_record(path, params)
+        if cacheable:
+            ws.put_record(STAGE, key, record)
+        computed = 1
+    rows, rejections = _rows_from_record(record, source_id, float(params["min_shot_s"]))
+    return rows, rejections, computed
 
 
 def _compute_record(path: Path | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:

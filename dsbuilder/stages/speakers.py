@@ -251,7 +251,7 @@ def asd_logits(ws: Workspace, tr: Mapping[str, Any], times: np.ndarray, net: Any
 
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
     """Score every kept target track of the ``tracks`` manifest and publish the speech tables."""
-    from tqdm import tqdm
+    from dsbuilder.progress import over as progress_over
 
     from dsbuilder.audio import Segment, read_audio
     from dsbuilder.speaker.voice import consensus_distances, load_embedder, voice_outliers
@@ -301,8 +301,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                              "speech": s.speech, "method": params["vad"]})
 
     records: dict[str, dict[str, Any]] = {}
-    for tr in tqdm(sorted(tracks, key=lambda t: t["track_id"]), desc="speakers", unit="track",
-                   disable=not progress):
+    for tr in progress_over(sorted(tracks, key=lambda t: t["track_id"]), "speakers",
+                            lambda t: t["end_s"] - t["start_s"], enabled=progress):
         tid = tr["track_id"]
         fr = sorted(by_track.get(tid, []), key=lambda f: f["frame_index"])
         fingerprint = hashlib.sha256(json.dumps(
