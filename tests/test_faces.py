@@ -113,7 +113,7 @@ def stage_ws(tmp_path_factory, video) -> tuple[Workspace, dict]:
 
 def test_detector_registry_matches_config():
     assert tuple(DETECTORS) == STAGE_PARAMS["faces"]["detector"].choices
-    assert STAGE_PARAMS["faces"]["detector"].default == "hog"
+    assert STAGE_PARAMS["faces"]["detector"].default == "blazeface"
     assert FacesParams.from_mapping({"crop_size": 112}).crop_size == 112
 
 

@@ -181,8 +181,37 @@ class DetectorSpec:
     weak_score: float | None = None  # lowest score for tentative tracks; None: none reported
 
 
+#: BlazeFace scores are probabilities; the tracker's scale puts the threshold at 0 (as HOG's), so a
+#: detection reports ``probability - BLAZE_MIN_SCORE``. Weak faces (tentative tracks) from 0.35.
+BLAZE_MIN_SCORE = 0.5
+BLAZE_WEAK = -0.15
+
+
+def _blazeface(img: np.ndarray, upsample: int, threshold: float) -> list[api.Detection]:
+    """BlazeFace full-range on an RGB image; ``upsample`` >= 1 runs it on overlapping square tiles
+    (each seen larger) instead of the whole letterboxed frame. Boxes clipped to the image, largest
+    first, as :func:`dsbuilder.face.api.detect` gives them."""
+    from dsbuilder.face import blazeface
+
+    h, w = img.shape[:2]
+    found = (blazeface.detect_tiled(img, BLAZE_MIN_SCORE + threshold) if upsample >= 1
+             else blazeface.detector().detect(img, BLAZE_MIN_SCORE + threshold))
+    out = []
+    for d in found:
+        x0, y0, x1, y1 = d.box
+        box = (max(0, int(round(x0))), max(0, int(round(y0))), min(w, int(round(x1))),
+               min(h, int(round(y1))))
+        if box[2] - box[0] > 4 and box[3] - box[1] > 4:
+            out.append(api.Detection(box, float(d.score) - BLAZE_MIN_SCORE))
+    out.sort(key=lambda d: -api.area(d.box))
+    return out
+
+
 #: Detector registry; ``STAGE_PARAMS["faces"]["detector"].choices`` lists the same names.
 DETECTORS: dict[str, DetectorSpec] = {
+    # MediaPipe BlazeFace full-range (dsbuilder/face/blazeface.py): 5 ms a 640x360 frame, profiles
+    # and small faces; the default (benchmarks/RESULTS.md, "faces: BlazeFace")
+    "blazeface": DetectorSpec("blazeface", "rgb24", _blazeface, weak_score=BLAZE_WEAK),
     # HOG on grey: the same detector as on RGB (which takes the strongest gradient of the 3 channels),
     # measured 10-20 % faster here with the same faces found.
     "hog": DetectorSpec("hog", "gray", lambda img, up, th: api.detect(img, "hog", up, th),
@@ -316,6 +345,16 @@ def face_px(boxes: np.ndarray) -> np.ndarray:
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     return np.sqrt(np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0,
                                                                           None))
+
+
+def landmark_face_px(landmarks: np.ndarray) -> np.ndarray:
+    """Face size from the 68 landmarks, (n, 68, 2) -> (n,): :func:`face_px` of the box dlib's HOG
+    would put around them (:data:`PREDICTOR_BOX`), so that ``min_face_px`` means the same whatever
+    the detector."""
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 68, 2)
+    kx, ky, kw, kh = PREDICTOR_BOX
+    size = lm.max(axis=1) - lm.min(axis=1)
+    return np.sqrt(np.clip(kw * size[:, 0], 0, None) * np.clip(kh * size[:, 1], 0, None))
 
 
 def int_box(box: np.ndarray) -> api.Box:
@@ -496,8 +535,8 @@ class _LiveTrack:
         self.calibration = (float((cx - (lx0 + lx1) / 2) / lw), float((cy - (ly0 + ly1) / 2) / lh),
                             float((box[2] - box[0]) / lw), float((box[3] - box[1]) / lh))
 
-    def box_from_landmarks(self, lm: np.ndarray) -> np.ndarray:
-        kx, ky, kw, kh = self.calibration
+    def box_from_landmarks(self, lm: np.ndarray, calibration: tuple | None = None) -> np.ndarray:
+        kx, ky, kw, kh = calibration or self.calibration
         lx0, ly0 = lm.min(axis=0)
         lx1, ly1 = lm.max(axis=0)
         lw, lh = max(lx1 - lx0, 1.0), max(ly1 - ly0, 1.0)
@@ -517,6 +556,13 @@ class _LiveTrack:
             landmarks=np.stack(self.landmarks[:end]).astype(np.float32),
             detected=np.asarray(self.detected[:end], bool), end_s=float(end_s), ended_by=ended_by,
             samples=[s for s in self.reservoir.pick(n_samples) if s.t < end_s])
+
+
+#: Where dlib's HOG puts its box relative to the 68 landmarks' bounding box (centre offset in box
+#: widths/heights, width and height ratios): medians over the faces of the test photos and the Hamilton
+#: clip (57 HOG detections; BlazeFace's: -0.025, -0.111, 1.146, 1.111). The landmark predictor was
+#: trained on such boxes.
+PREDICTOR_BOX = (-0.027, -0.104, 1.098, 1.072)
 
 
 def _inside(box: np.ndarray, width: int, height: int) -> bool:
@@ -744,8 +790,12 @@ class _Tracker:
             track.reservoir.add(Sample(frame.t, quality, chip, local))
 
     def follow(self, track: _LiveTrack, frame: Frame) -> bool:
-        """Landmark tracking: predictor in the previous box, box from the landmarks. False if lost."""
-        lm = api.landmarks(frame.gray(), int_box(track.box))
+        """Landmark tracking: the predictor in a box placed on the previous landmarks as dlib's HOG
+        places its boxes (the boxes it was trained on: :data:`PREDICTOR_BOX`; another detector's box
+        shape, fed back frame after frame, makes the fit drift), then the track's box from the new
+        landmarks in its detector's calibration. False if lost."""
+        lm = api.landmarks(frame.gray(),
+                           int_box(track.box_from_landmarks(track.landmarks[-1], PREDICTOR_BOX)))
         box = track.box_from_landmarks(lm)
         if not _inside(box, self.info.width, self.info.height):
             return False

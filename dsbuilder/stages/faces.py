@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from dsbuilder.face.tracker import (FacesParams, RawTrack, ShotSpan, face_px, moving_average,
+from dsbuilder.face.tracker import (FacesParams, RawTrack, ShotSpan, landmark_face_px,
+                                    moving_average,
                                     smoothing_window)
 from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Recipe, params_hash
@@ -281,7 +282,7 @@ def judge(raw: RawTrack, dictionary: Dictionary, p: FacesParams, *, keep_geometr
     """Filter and identify one finished track (cheapest test first); drop its chips."""
     from dsbuilder.face import api
 
-    sizes = face_px(raw.boxes)
+    sizes = landmark_face_px(raw.landmarks)
     reason = detail = None
     yaw_pitch = None
     median_yaw = None
