@@ -37,7 +37,8 @@ class Route:
 
     ``delay_s`` waits before sending anything (to trigger client read timeouts); ``truncate`` sends the
     headers with the full Content-Length but only half of the body, then closes the connection;
-    ``send_length=False`` omits Content-Length (the body then ends when the connection closes).
+    ``send_length=False`` omits Content-Length (the body then ends when the connection closes);
+    ``drip_bps`` sends the body that many bytes a second (a server that never stops trickling).
     """
 
     body: bytes = b""
@@ -47,6 +48,7 @@ class Route:
     truncate: bool = False
     send_length: bool = True
     headers: dict[str, str] = field(default_factory=dict)
+    drip_bps: int = 0
 
     @classmethod
     def file(cls, path: str | Path, content_type: str | None = None, **kw) -> "Route":
@@ -95,8 +97,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if send_body:
                 body = route.body[: len(route.body) // 2] if route.truncate else route.body
-                self.wfile.write(body)
-                self.wfile.flush()
+                if route.drip_bps:
+                    for i in range(0, len(body), route.drip_bps):
+                        self.wfile.write(body[i:i + route.drip_bps])
+                        self.wfile.flush()
+                        if owner._stop.wait(1.0):
+                            return
+                else:
+                    self.wfile.write(body)
+                    self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (e.g. its timeout fired first)
 

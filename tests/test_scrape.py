@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+import tempfile
+
 import yaml
 
 from dsbuilder import synth
@@ -508,3 +510,35 @@ def test_import_is_light():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- what the network can do to a fetch (issue 14) -------------------------------------------------
+
+def test_trickling_server_refused_port_and_unknown_host_have_their_own_reasons():
+    """A server sending 2 bytes a second cannot hold an item past its timeout (a watchdog shuts the
+    socket); a refused connection and a name that does not resolve are not called timeouts."""
+    import socket
+    import time
+
+    from dsbuilder.fetch.common import FetchFailed, HostRateLimiter
+    from dsbuilder.fetch.http import HttpClient
+
+    client = HttpClient(user_agent=UA, timeout_s=2, retries=0, backoff_s=0.01, max_bytes=10 ** 6,
+                        limiter=HostRateLimiter(0))
+    with LoopbackServer() as srv:
+        srv.add("/drip.jpg", Route(b"x" * 200, "image/jpeg", drip_bps=2))
+        t = time.perf_counter()
+        with pytest.raises(FetchFailed) as err:
+            client.download(srv.url("/drip.jpg"), tempfile.mkdtemp())
+        assert err.value.reason == "timeout" and err.value.transient
+        assert time.perf_counter() - t < 6
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(FetchFailed) as err:
+        client.download(f"http://127.0.0.1:{port}/x.jpg", tempfile.mkdtemp())
+    assert err.value.reason == "connection_refused"
+    with pytest.raises(FetchFailed) as err:
+        client.download("http://no-such-host.invalid/x.jpg", tempfile.mkdtemp())
+    assert err.value.reason == "dns_error"

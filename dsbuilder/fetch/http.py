@@ -11,7 +11,10 @@ robots_disallowed    the host's robots.txt disallows the path for our UA   no
 http_error           HTTP status >= 400 (detail names it), broken          5xx, 429,
                      connection, too many redirects, bad URL               connection
 timeout              connect/read timeout, or the whole item took longer   yes
-                     than ``timeout_s``
+                     than ``timeout_s`` (a watchdog closes a connection
+                     that trickles on past it)
+connection_refused   nothing listens at the host's port                    yes
+dns_error            the host name does not resolve                        yes
 too_large            Content-Length, or the bytes received, exceed the cap no
 truncated            the body ended before its Content-Length              yes
 ==================== ===================================================== =========
@@ -72,6 +75,34 @@ def _media_type(header: str | None) -> tuple[str, str | None]:
     return media.strip().lower(), charset
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, arguments, ``reason``)."""
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        todo.extend([e.__cause__, e.__context__, *e.args, getattr(e, "reason", None)])
+    return out
+
+
+def _connect_failure(exc: BaseException) -> str | None:
+    """``connection_refused`` or ``dns_error`` when that is what ``exc`` comes down to (urllib3's
+    ``NewConnectionError`` is a subclass of its timeout error, so this is asked first)."""
+    import urllib3
+
+    for e in _causes(exc):
+        if isinstance(e, ConnectionRefusedError):
+            return "connection_refused"
+        if isinstance(e, (socket.gaierror, urllib3.exceptions.NameResolutionError)):
+            return "dns_error"
+    return None
+
+
 def _is_timeout(exc: BaseException) -> bool:
     """Whether ``exc`` (or anything it wraps) is a timeout; requests hides read timeouts in
     ``ConnectionError`` while streaming."""
@@ -91,6 +122,21 @@ def _is_timeout(exc: BaseException) -> bool:
         todo.extend([e.__cause__, e.__context__, *e.args,
                      getattr(e, "reason", None)])
     return False
+
+
+def _shutdown(resp: Any) -> None:
+    """Shut the response's socket down (from the watchdog thread): a blocked read returns."""
+    try:
+        conn = getattr(resp.raw, "connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is None:  # the socket under http.client's buffered reader
+            sock = resp.raw._fp.fp.raw._sock
+        sock.shutdown(socket.SHUT_RDWR)
+    except (AttributeError, OSError):
+        try:
+            resp.close()
+        except Exception:  # noqa: BLE001 - best effort from another thread
+            pass
 
 
 class HttpClient:
@@ -171,6 +217,10 @@ class HttpClient:
                     body = resp.raw.read(ROBOTS_MAX_BYTES, decode_content=True) or b""
                     rp.parse(body.decode("utf-8", errors="replace").splitlines())
         except requests.RequestException as exc:
+            why = _connect_failure(exc)
+            if why is not None:
+                failed = self._request_failure(origin, exc)
+                raise FetchFailed(why, f"robots.txt of {failed.detail}", transient=True) from None
             if _is_timeout(exc):
                 raise FetchFailed("timeout", f"robots.txt of {origin}: {exc}", transient=True) \
                     from None
@@ -222,6 +272,12 @@ class HttpClient:
     def _request_failure(self, url: str, exc: Exception) -> FetchFailed:
         import requests
 
+        why = _connect_failure(exc)
+        if why == "connection_refused":
+            return FetchFailed(why, f"{url}: connection refused (nothing listens there)",
+                               transient=True)
+        if why == "dns_error":
+            return FetchFailed(why, f"{url}: the host name does not resolve", transient=True)
         if _is_timeout(exc):
             return FetchFailed("timeout", f"{url}: no answer within {self.timeout_s:g} s",
                                transient=True)
@@ -249,6 +305,11 @@ class HttpClient:
         fd, tmp = tempfile.mkstemp(prefix="http-", suffix=".part", dir=dest_dir)
         h = hashlib.sha256()
         size = 0
+        # a server may trickle bytes for ever: each read returns within the read timeout, and a chunk
+        # takes hours to fill. At the item's deadline a watchdog shuts the socket down.
+        watchdog = threading.Timer(max(0.0, deadline.remaining()), _shutdown, (resp,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             with os.fdopen(fd, "wb") as fh:
                 for chunk in resp.iter_content(_CHUNK):
@@ -259,18 +320,28 @@ class HttpClient:
                     deadline.check(url, self.timeout_s)
                     h.update(chunk)
                     fh.write(chunk)
-        except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError) as exc:
+        except (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
+                requests.RequestException, OSError) as exc:
             Path(tmp).unlink(missing_ok=True)
+            if deadline.remaining() <= 0:
+                raise FetchFailed("timeout", f"{url}: took longer than the per-item timeout of "
+                                  f"{self.timeout_s:g} s ({size} bytes received)",
+                                  transient=True, content_type=content_type) from None
+            if not isinstance(exc, (requests.exceptions.ChunkedEncodingError,
+                                    urllib3.exceptions.ProtocolError)):
+                if isinstance(exc, requests.RequestException):
+                    raise self._request_failure(url, exc) from None
+                raise
             expected = f"all {declared} bytes" if declared is not None else "the end"
             raise FetchFailed("truncated", f"{url}: connection closed before {expected} arrived "
                               f"({type(exc).__name__})", transient=True,
                               content_type=content_type) from None
-        except requests.RequestException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise self._request_failure(url, exc) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            watchdog.cancel()
+        deadline.check(url, self.timeout_s)
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
         if declared is not None and not encoded and size < declared:
             Path(tmp).unlink(missing_ok=True)
