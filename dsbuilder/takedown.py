@@ -105,10 +105,17 @@ def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
 
 def delete_files(ws: Workspace, paths: Iterable[str | None]) -> list[str]:
     """Delete these workspace-relative files (None and absent ones skipped); return those deleted."""
+    from dsbuilder.errors import WorkspaceError
+
     deleted = []
     for rel in paths:
-        if rel and ws.abspath(rel).is_file():
-            ws.abspath(rel).unlink()
+        try:
+            path = ws.abspath(rel) if rel else None
+        except WorkspaceError as exc:  # never delete outside the workspace
+            log.error("takedown: not deleting %s", exc.message)
+            continue
+        if path is not None and path.is_file():
+            path.unlink()
             log.info("taken down: deleted %s", rel)
             deleted.append(rel)
     return deleted

@@ -159,4 +159,16 @@ class Workspace:
         return Path(path).resolve().relative_to(self.root).as_posix()
 
     def abspath(self, rel: str) -> Path:
-        return self.root / rel
+        """The absolute path of a workspace-relative path read from a manifest or a record. It must
+        stay inside the workspace (after ``..`` and symlinks are resolved): a manifest naming
+        ``../../etc/passwd`` raises :class:`~dsbuilder.errors.WorkspaceError` instead of reaching
+        out of it."""
+        root = self.root.resolve()
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root):
+            from dsbuilder.errors import WorkspaceError
+
+            raise WorkspaceError(f"path {rel!r} leads out of the workspace {self.root}",
+                                 "the manifests or cache records were edited or damaged; "
+                                 "`dsbuilder manifest validate` lists what is wrong")
+        return path

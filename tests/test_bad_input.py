@@ -98,3 +98,67 @@ def test_bad_recipes_leave_no_manifest(tmp_path):
     res = run_cli("run", str(missing), "-w", str(ws))
     assert res.returncode == 2 and "does not exist" in res.stderr
     assert not ws.exists()
+
+
+# --- paths that try to leave the workspace or a listed folder (issue 14) ----------------------------
+
+def test_manifest_paths_cannot_leave_the_workspace(tmp_path):
+    from dsbuilder.errors import WorkspaceError
+    from dsbuilder.takedown import delete_files
+    from dsbuilder.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    (ws.root / "clips").mkdir(exist_ok=True)
+    (ws.root / "clips" / "a.mp4").write_bytes(b"x")
+    (ws.root / "clips" / "link.mp4").symlink_to(outside)
+    assert ws.abspath("clips/a.mp4") == (ws.root / "clips" / "a.mp4").resolve()
+    for bad in ("../precious.txt", "clips/../../precious.txt", "clips/link.mp4", str(outside)):
+        with pytest.raises(WorkspaceError):
+            ws.abspath(bad)
+    assert delete_files(ws, ["../precious.txt", "clips/link.mp4", "clips/a.mp4"]) == ["clips/a.mp4"]
+    assert outside.read_text() == "keep me"
+
+
+def test_listed_folder_skips_with_a_row_each(tmp_path):
+    """Hidden files, other kinds of files, folders named like images, dangling symlinks and symlinks
+    out of the folder are skipped, each with a rejection row; a symlink inside the folder is read."""
+    from dsbuilder import synth
+    from dsbuilder.manifest.io import read_table
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.stages import scrape
+    from dsbuilder.workspace import Workspace
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    synth.write_photo(photos / "grace.jpg", synth.grace_hopper())
+    (photos / "same.jpg").symlink_to(photos / "grace.jpg")  # inside: fine
+    secret = tmp_path / "secret.jpg"
+    synth.write_photo(secret, synth.astronaut())
+    (photos / "escape.jpg").symlink_to(secret)
+    (photos / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (photos / "folder.jpg").mkdir()
+    (photos / ".hidden.jpg").write_bytes(b"x")
+    (photos / "notes.txt").write_text("hello")
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(f"name: t\npeople:\n  - id: p\n    photos: [{photos}]\n")
+    recipe = load_recipe(recipe_path, tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    scrape.run(recipe, ws, progress=False)
+    rej = read_table(ws, "rejections").to_pylist()
+    reasons = sorted(r["reason"] for r in rej)
+    # same.jpg (a link inside the folder) is read, and is grace.jpg again: a duplicate
+    assert reasons == ["duplicate", "not_found", "outside_folder", "unsupported_media",
+                       "unsupported_media", "unsupported_media"], rej
+    assert any("symlink leading out" in r["detail"] for r in rej)
+    sources = read_table(ws, "sources").to_pylist()
+    ok = [s for s in sources if s["status"] == "ok"]
+    assert ok and all("secret" not in (s["url"] or "") for s in sources)
+    assert not any(s.get("sha256") == synth_sha(secret) for s in sources)
+
+
+def synth_sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -118,6 +118,37 @@ def _metadata_only(meta: dict[str, Any], licence: str, licence_raw: str | None) 
                 local_path=None, info_json_path=None)
 
 
+def _folder_files(folder: Path, exts: frozenset
+                  ) -> tuple[list[Path], list[tuple[Path, str, str]]]:
+    """The media files of a listed folder, and what is skipped there with why (a rejection row
+    each): hidden files, files of other kinds, folders named like media, dangling symlinks, and
+    symlinks that lead out of the folder (a recipe folder must not expose the rest of the disk)."""
+    root = folder.resolve()
+    files, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            skipped.append((p, "unsupported_media", "hidden file in a listed folder: skipped"))
+            continue
+        if p.is_symlink():
+            target = p.resolve()
+            if not target.exists():
+                skipped.append((p, "not_found", f"dangling symlink to {target}"))
+                continue
+            if not target.is_relative_to(root):
+                skipped.append((p, "outside_folder", "symlink leading out of the listed folder "
+                                f"(to {target}): not read"))
+                continue
+        if p.is_dir():
+            if p.suffix.lower() in exts:
+                skipped.append((p, "unsupported_media", "a folder named like a media file"))
+            continue  # sub-folders are not listed
+        if p.suffix.lower() not in exts:
+            skipped.append((p, "unsupported_media", "not a media file of this kind (extension "
+                            f"{p.suffix or 'none'})"))
+            continue
+        files.append(p)
+    return files, skipped
+
 @dataclass
 class _Entry:
     """One thing to fetch, found by listing a recipe entry.
@@ -287,10 +318,9 @@ class _Scrape:
         path = Path(spec.ref)
         exts = IMAGE_EXTS if spec.kind == "photo" else VIDEO_EXTS
         try:
+            skipped: list[tuple[Path, str, str]] = []
             if path.is_dir():
-                files = sorted(p for p in path.iterdir()
-                               if p.is_file() and not p.name.startswith(".")
-                               and p.suffix.lower() in exts)
+                files, skipped = _folder_files(path, exts)
                 expanded = True
             elif path.is_file():
                 files, expanded = [path], False
@@ -301,6 +331,9 @@ class _Scrape:
                 st = f.stat()
                 entries.append(_Entry(str(f), local=True, stat=(st.st_size, st.st_mtime_ns),
                                       context={"title": f.name}).to_json())
+            for f, reason, detail in skipped:  # a rejection row each (ItemRejected in item())
+                entries.append(_Entry(str(f), local=True,
+                                      context={"title": f.name, "skip": [reason, detail]}).to_json())
         except OSError as exc:
             return self.rejected(ItemRejected("not_found", f"{path}: {exc.strerror or exc}"))
         return {"status": "listed", "expanded": expanded, "entries": entries, "at": now_utc()}
@@ -377,6 +410,14 @@ class _Scrape:
         if key in self.memo:
             return self.memo[key]
         stored = self.ws.get_record(STAGE, key)
+        if entry.context.get("skip"):  # found in a listed folder, not to be read
+            reason, detail = entry.context["skip"]
+            rec = stored if stored is not None and stored.get("reason") == reason else None
+            if rec is None:  # recorded once, so that its time (and the manifests) stay the same
+                rec = self.rejected(ItemRejected(reason, detail))
+                self.ws.put_record(STAGE, key, rec)
+            self.memo[key] = rec
+            return rec
         down = self.takedowns.of(entry.ref, (stored or {}).get("source"))
         if down is not None:  # not fetched, not recorded (lifting the takedown restores `stored`)
             rec = {"status": "rejected", "reason": "taken_down", "detail": down.detail,
