@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import digest
+from conftest import digest, run_cli
 
 from dsbuilder import pipeline
 from dsbuilder.errors import StageError
@@ -315,3 +315,61 @@ def test_real_track_changing_expression_gives_clips_with_different_labels(shared
     assert [c["argmax"] for c in clips] == ["neutral", "happy"], clips
     assert clips[0]["ended_by"] == "emotion" and 0.5 <= clips[1]["start_s"] <= 1.0
     assert clips[0]["track_id"] == clips[1]["track_id"] and clips[0]["split"] == clips[1]["split"]
+
+
+@pytest.mark.parametrize("tamper", ["append_bytes", "swap_clip", "delete_wav", "escape_path",
+                                    "delete_row", "change_label", "change_split", "crop_sha",
+                                    "corrupt_page"])
+def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
+    """Each tampering of the training view is named by `manifest validate` (issue 14)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dsbuilder.workspace import Workspace
+
+    _, demo = demo_workspace
+    ws = Workspace.open(tmp_path / "ws")
+    shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
+    assert validate(ws)[0] == []
+    path = table_path(ws, "clips")
+    clips = pq.read_table(path).to_pylist()
+    c = clips[0]
+
+    def rewrite(table: str, rows: list[dict]) -> None:
+        p = table_path(ws, table)
+        pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(p)), p)
+
+    if tamper == "append_bytes":
+        with open(ws.root / c["video_path"], "ab") as fh:
+            fh.write(b"extra")
+    elif tamper == "swap_clip":
+        other = next(x for x in clips if x["video_path"] != c["video_path"])
+        shutil.copyfile(ws.root / other["video_path"], ws.root / c["video_path"])
+    elif tamper == "delete_wav":
+        (ws.root / c["audio_path"]).unlink()
+    elif tamper == "escape_path":
+        c["video_path"] = "../../../etc/passwd"
+        rewrite("clips", clips)
+    elif tamper == "delete_row":
+        rewrite("clips", clips[1:])
+    elif tamper == "change_label":
+        c["argmax"] = "disgust" if c["argmax"] != "disgust" else "fear"
+        rewrite("clips", clips)
+    elif tamper == "change_split":
+        c["split"] = "test" if c["split"] != "test" else "train"
+        rewrite("clips", clips)
+    elif tamper == "crop_sha":
+        tracks = pq.read_table(table_path(ws, "tracks")).to_pylist()
+        t = next(t for t in tracks if t["track_id"] == c["track_id"])
+        t["crop_sha256"] = "0" * 64
+        rewrite("tracks", tracks)
+    elif tamper == "corrupt_page":
+        data = bytearray(path.read_bytes())
+        data[8:40] = bytes(32)  # the first column chunk's page
+        path.write_bytes(bytes(data))
+    problems, _ = validate(ws)
+    assert problems, tamper
+    r = run_cli("manifest", "validate", str(ws.root))
+    assert r.returncode == 1 and "INVALID" in r.stderr and "unexpected" not in r.stderr, r.stderr

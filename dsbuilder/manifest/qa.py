@@ -39,8 +39,30 @@ def _load(ws: Workspace, table: str, problems: list[str]) -> list[dict[str, Any]
             problems.append(f"{table}: {f.name} schema differs from dsbuilder.manifest.schema "
                             f"(missing {missing}, unexpected {extra}, or types/order differ)")
             continue
-        rows.extend(pq.read_table(f).to_pylist())
+        try:
+            rows.extend(pq.read_table(f).to_pylist())
+        except Exception as exc:  # a damaged page: the schema reads, the data does not
+            problems.append(f"{table}: cannot read the rows of {f.name} ({type(exc).__name__}: "
+                            f"{exc}); the file is damaged: rerun the stage that writes it")
     return rows
+
+
+def _file(ws: Workspace, rel: str | None, what: str, problems: list[str], sha256: str | None = None,
+          check_hashes: bool = True) -> None:
+    """A file a manifest names: inside the workspace, present, with its recorded sha256."""
+    from dsbuilder.errors import WorkspaceError
+
+    if not rel:
+        return
+    try:
+        path = ws.abspath(rel)
+    except WorkspaceError:
+        problems.append(f"{what}: path {rel!r} leads out of the workspace")
+        return
+    if not path.is_file():
+        problems.append(f"{what}: file missing: {rel}")
+    elif check_hashes and sha256 and sha256_file(path) != sha256:
+        problems.append(f"{what}: sha256 of {rel} does not match the manifest")
 
 
 def validate(ws: Workspace, check_hashes: bool = True) -> tuple[list[str], dict[str, int]]:
@@ -94,14 +116,9 @@ def validate(ws: Workspace, check_hashes: bool = True) -> tuple[list[str], dict[
             for col in ("local_path", "sha256"):
                 if not row.get(col):
                     problems.append(f"sources {sid}: status ok but {col} is empty")
-            path = ws.abspath(row["local_path"]) if row.get("local_path") else None
-            if path is not None and not path.is_file():
-                problems.append(f"sources {sid}: file missing: {row['local_path']}")
-            elif path is not None and check_hashes and row.get("sha256") \
-                    and sha256_file(path) != row["sha256"]:
-                problems.append(f"sources {sid}: sha256 of {row['local_path']} does not match")
-            if row.get("info_json_path") and not ws.abspath(row["info_json_path"]).is_file():
-                problems.append(f"sources {sid}: info.json missing: {row['info_json_path']}")
+            _file(ws, row.get("local_path"), f"sources {sid}", problems, row.get("sha256"),
+                  check_hashes)
+            _file(ws, row.get("info_json_path"), f"sources {sid} info.json", problems)
         elif row["status"] != "rejected":
             problems.append(f"sources {sid}: status {row['status']!r} is not ok or rejected")
 
@@ -125,4 +142,109 @@ def validate(ws: Workspace, check_hashes: bool = True) -> tuple[list[str], dict[
             if b["start_frame"] < a["end_frame"]:
                 problems.append(f"shots {b['shot_id']}: overlaps {a['shot_id']}")
 
+    _check_tracks_and_clips(ws, tables, problems, check_hashes)
     return problems, {t: len(r) for t, r in tables.items()}
+
+
+def _check_tracks_and_clips(ws: Workspace, tables: dict[str, list[dict[str, Any]]],
+                            problems: list[str], check_hashes: bool) -> None:
+    """The face clips and wavs (present, inside, hashed), and the training view: every clip's
+    files, frame range and labels agree with its track and its frames' labels; the clips of a
+    labelled track tile it (a deleted row shows as a gap); splits are train/val/test and a split
+    group never spans two splits."""
+    import numpy as np
+
+    tracks = {t["track_id"]: t for t in tables.get("tracks", [])}
+    for tid, t in tracks.items():
+        if t["kept"]:
+            _file(ws, t.get("crop_path"), f"tracks {tid} crop", problems, t.get("crop_sha256"),
+                  check_hashes)
+            _file(ws, t.get("audio_path"), f"tracks {tid} audio", problems, t.get("audio_sha256"),
+                  check_hashes)
+    clips = tables.get("clips")
+    if clips is None:
+        return
+    probs_by_frame: dict[tuple[str, int], list[float]] = {}
+    for r in tables.get("labels", []):
+        if r.get("fer_probs") is not None:
+            probs_by_frame[(r["track_id"], r["frame_index"])] = r["fer_probs"]
+    by_track: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    group_split: dict[str, str] = {}
+    for c in clips:
+        cid, t = c["clip_id"], tracks.get(c["track_id"])
+        by_track[c["track_id"]].append(c)
+        if t is None or not t["kept"]:
+            problems.append(f"clips {cid}: track {c['track_id']} is not a kept track")
+            continue
+        if c["video_path"] != t["crop_path"] or c["audio_path"] != t["audio_path"]:
+            problems.append(f"clips {cid}: files differ from its track's crop and wav")
+        if c["video_sha256"] != t["crop_sha256"] or c["audio_sha256"] != t["audio_sha256"]:
+            problems.append(f"clips {cid}: file hashes differ from its track's")
+        _file(ws, c["video_path"], f"clips {cid} video", problems, c["video_sha256"], check_hashes)
+        _file(ws, c["audio_path"], f"clips {cid} audio", problems, c["audio_sha256"], check_hashes)
+        if not (t["start_frame"] <= c["start_frame"] < c["end_frame"] <= t["end_frame"]) or \
+                c["crop_start_frame"] != c["start_frame"] - t["start_frame"] or \
+                c["crop_end_frame"] != c["end_frame"] - t["start_frame"]:
+            problems.append(f"clips {cid}: frame range outside its track or inconsistent")
+        if c["split"] not in ("train", "val", "test"):
+            problems.append(f"clips {cid}: split {c['split']!r} is not train, val or test")
+        if group_split.setdefault(c["split_group"], c["split"]) != c["split"]:
+            problems.append(f"clips {cid}: split group {c['split_group']} is in two splits")
+        if c.get("probs") is not None:
+            p = np.asarray(c["probs"], np.float64)
+            if c["argmax"] is not None and c["argmax"] != _class(int(np.argmax(p))):
+                problems.append(f"clips {cid}: argmax {c['argmax']!r} is not the largest of probs")
+            frames = [probs_by_frame.get((c["track_id"], k))
+                      for k in range(c["start_frame"], c["end_frame"])]
+            frames = [f for f in frames if f is not None]
+            if frames and np.abs(np.mean(frames, axis=0) - p).max() > 1e-3:
+                problems.append(f"clips {cid}: probs are not the mean of its frames' labels")
+    rejected = {r["item_id"] for r in tables.get("rejections", [])
+                if r["stage"] == "report" and r["reason"] == "curator_rejected"}
+    too_short = {r["item_id"] for r in tables.get("rejections", [])
+                 if r["stage"] == "report" and r["reason"] == "too_short"}
+    for lc in tables.get("label_clips", []):
+        tid = lc["track_id"]
+        t = tracks.get(tid)
+        if lc["kept"] and t is not None and t["kept"] and t.get("crop_path") \
+                and tid not in by_track and tid not in too_short \
+                and not any(r.startswith(f"{tid}-c") for r in rejected):
+            problems.append(f"clips of track {tid}: the track is labelled and kept but has no "
+                            "clip and no report rejection (a deleted row?)")
+    for tid, mine in by_track.items():
+        mine.sort(key=lambda c: c["clip_index"])
+        present = [c["clip_index"] for c in mine]
+        dropped = [int(r.rsplit("-c", 1)[1]) for r in rejected
+                   if r.startswith(f"{tid}-c") and r.rsplit("-c", 1)[1].isdigit()]
+        gaps = [(a, b) for a, b in zip(mine, mine[1:])
+                if b["clip_index"] == a["clip_index"] + 1 and a["end_frame"] != b["start_frame"]]
+        if sorted(present + dropped) != list(range(len(present) + len(dropped))) or gaps:
+            problems.append(f"clips of track {tid}: a clip is missing (indices {present}, "
+                            f"curator-rejected {sorted(dropped)}, do not tile the track)")
+    _check_splits(ws, clips, problems)
+
+
+def _check_splits(ws: Workspace, clips: list[dict[str, Any]], problems: list[str]) -> None:
+    """Each clip's split is the one its group hashes to under the report's ratios and seed."""
+    import json
+
+    path = ws.root / "report" / "report.json"
+    try:
+        splits = json.loads(path.read_text())["splits"]
+        ratios = [float(splits["ratios"][s]) for s in ("train", "val", "test")]
+        seed = int(splits["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no report yet: nothing to compare with
+    from dsbuilder.stages.report import split_of
+
+    for c in clips:
+        want = split_of(c["split_group"], ratios, seed)
+        if c["split"] != want:
+            problems.append(f"clips {c['clip_id']}: split {c['split']!r}, but its group "
+                            f"{c['split_group']} belongs to {want!r} (ratios {ratios}, seed {seed})")
+
+
+def _class(k: int) -> str:
+    from dsbuilder.labels.fer import FER_CLASSES
+
+    return FER_CLASSES[k]
