@@ -81,6 +81,9 @@ STAGE_PARAMS: dict[str, dict[str, Param]] = {
         "respect_robots": Param(bool, True, "honour robots.txt for HTTP photo fetching"),
         "user_agent": Param(str, USER_AGENT, "User-Agent sent with every request"),
         "min_photo_px": Param(int, 32, "reject photos whose shorter side is smaller", min=1),
+        "max_megapixels": Param((int, float), 40.0, "reject photos and videos with more pixels "
+                                "per picture (read from the header, before decoding: a small file "
+                                "can declare a huge image)", min=0.1, max=1000.0),
     },
     "shots": {
         # choices must match dsbuilder.shots_detectors.DETECTORS (tests/test_shots.py checks it)

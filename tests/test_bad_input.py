@@ -162,3 +162,41 @@ def synth_sha(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_small_file_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
+    """A 100-megapixel PNG of a few hundred KB: refused from its header (too_large), memory flat."""
+    import resource
+    import zlib
+
+    from dsbuilder.manifest.io import read_table
+    from dsbuilder.recipe import load_recipe
+    from dsbuilder.stages import scrape
+    from dsbuilder.workspace import Workspace
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    w = h = 10_000  # 100 MP, one grey channel, all zeros: compresses to almost nothing
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        import struct
+
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    import struct
+
+    raw = zlib.compress(b"\0" * ((w + 1) * h), 9)
+    (photos / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    assert (photos / "huge.png").stat().st_size < 1_000_000
+    synth.write_photo(photos / "grace.jpg", synth.grace_hopper())
+    (tmp_path / "r.yaml").write_text(f"name: t\npeople:\n  - id: p\n    photos: [{photos}]\n")
+    recipe = load_recipe(tmp_path / "r.yaml", tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scrape.run(recipe, ws, progress=False)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    rej = [r for r in read_table(ws, "rejections").to_pylist() if r["reason"] == "too_large"]
+    assert len(rej) == 1 and "100 MP" in rej[0]["detail"] and "not decoded" in rej[0]["detail"]
+    assert grown_mb < 60, grown_mb  # a decoded 100 MP image would be 100+ MB

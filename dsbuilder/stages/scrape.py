@@ -531,7 +531,7 @@ class _Scrape:
             fetched_at, versions = now_utc(), self.tool_versions
         src = dict(meta, source_id=source_id_for(sha), sha256=sha, bytes=size, licence=licence,
                    licence_raw=licence_raw, fetched_at=fetched_at, tool_versions=versions)
-        fmt, width, height = _image_info(path, src, entry.ref)
+        fmt, width, height = _image_info(path, src, entry.ref, float(self.p["max_megapixels"]))
         src.update(width=width, height=height)
         if min(width, height) < self.p["min_photo_px"]:
             raise ItemRejected("too_small", f"{entry.ref}: {width}x{height} px, shorter side under "
@@ -657,6 +657,10 @@ class _Scrape:
                    video_codec=mi.video_codec, has_audio=mi.has_audio)
         if not mi.has_video:
             raise ItemRejected("unsupported_media", f"{what}: no video stream", source=src)
+        mp = float(self.p["max_megapixels"])
+        if (mi.width or 0) * (mi.height or 0) > mp * 1e6:
+            raise ItemRejected("too_large", f"{what}: {mi.width}x{mi.height} frames are over "
+                               f"max_megapixels={mp:g}", source=src)
         max_s = float(self.limits["max_duration_s"])
         if src["duration"] is not None and src["duration"] > max_s:
             raise ItemRejected("too_long", f"{what}: {src['duration']:.2f} s is over "
@@ -788,14 +792,21 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
                                                                                   default=str))
 
 
-def _image_info(path: Path, src: dict[str, Any], what: str) -> tuple[str, int, int]:
-    """Decode an image fully; return (Pillow format, width, height) as displayed (EXIF rotation)."""
+def _image_info(path: Path, src: dict[str, Any], what: str, max_megapixels: float
+                ) -> tuple[str, int, int]:
+    """Decode an image fully; return (Pillow format, width, height) as displayed (EXIF rotation).
+    An image whose header declares more than ``max_megapixels`` is refused (``too_large``) before
+    its pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
             fmt = im.format or ""
             width, height = im.size
+            if width * height > max_megapixels * 1e6:
+                raise ItemRejected("too_large", f"{what}: {width}x{height} px "
+                                   f"({width * height / 1e6:.0f} MP) is over max_megapixels="
+                                   f"{max_megapixels:g}; not decoded", source=src)
             orientation = im.getexif().get(0x0112)
             im.load()
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
