@@ -405,10 +405,21 @@ def takedown(recipe: Path, what: str | None, workspace: Path | None, reason: str
     if not what or not reason:
         raise UsageError("takedown needs WHAT and --reason",
                          "e.g. dsbuilder takedown RECIPE src-0123abcd --reason 'owner request'")
+    rec = _load(recipe, workspace)[0]
+    names = td.known_names(ws, [s.ref for s in rec.sources()])
+    if what.strip() not in names:
+        near = td.closest(what.strip(), names)
+        raise UsageError(f"{what!r} names no source or recipe entry of this workspace",
+                         ("did you mean: " + ", ".join(near)) if near else
+                         "use a source_id, URL, page URL or media id from manifests/sources.parquet")
     t = td.add(ws, what, reason)
     deleted = td.purge(ws)
-    click.echo(f"taken down: {t.match} ({t.detail}); deleted {len(deleted)} file(s)")
-    click.echo(f"next: dsbuilder run {recipe} (drops it from the manifests)")
+    records = td.purge_records(ws)
+    click.echo(f"taken down: {t.match} ({t.detail}); deleted {len(deleted)} file(s) and "
+               f"{len(records)} cache record(s) made from it")
+    for path in deleted + records:
+        click.echo(f"  deleted {path}")
+    click.echo(f"next: dsbuilder run {recipe} (drops it from the manifests and the report)")
 
 
 @cli.group()

@@ -86,6 +86,54 @@ def add(ws: Workspace, match: str, reason: str) -> Takedown:
     return new
 
 
+def known_names(ws: Workspace, recipe_refs: Iterable[str] = ()) -> set[str]:
+    """Everything a takedown may name here: the sources' ids, URLs, page URLs and media ids, and
+    the recipe's entries."""
+    from dsbuilder.manifest.io import read_table
+
+    names = {str(v) for r in read_table(ws, "sources").to_pylist() for f in MATCHED_FIELDS
+             if (v := r.get(f))}
+    names |= {str(r.get("request")) for r in read_table(ws, "sources").to_pylist()
+              if r.get("request")}
+    return names | {str(x).strip() for x in recipe_refs if x}
+
+
+def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, sorted(names), n=n, cutoff=0.5)
+
+
+def purge_records(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
+    """Delete every cache record of the stages after scrape that names a taken-down source (its id,
+    its sha256, or an id made from it: tracks, frames, clips), so nothing derived from it survives
+    in the cache. The scrape stage's records stay: they are how a rerun knows the source without
+    fetching it. Returns the records' workspace-relative paths."""
+    from dsbuilder.manifest.io import read_table
+
+    takedowns = takedowns if takedowns is not None else Takedowns.load(ws)
+    if not takedowns:
+        return []
+    needles = set()
+    for r in read_table(ws, "sources").to_pylist():
+        if takedowns.of(r.get("request"), r):
+            needles |= {r["source_id"], *([r["sha256"]] if r.get("sha256") else [])}
+    if not needles:
+        return []
+    gone = []
+    for path in sorted(ws.cache.rglob("*.json")):
+        if path.relative_to(ws.cache).parts[0] == "scrape":
+            continue  # the scrape's own records say what the source was: it is not fetched again
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if any(n in text for n in needles):
+            path.unlink(missing_ok=True)
+            gone.append(ws.relpath(path))
+    return gone
+
+
 def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
     """Delete the raw files of the taken-down sources of the ``sources`` table, and the face clips
     of their tracks. Returns the workspace-relative paths deleted."""

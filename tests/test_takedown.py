@@ -38,6 +38,7 @@ def test_a_source_taken_down_by_id_leaves_everything(ws_copy, monkeypatch):
 
     t = takedown.add(ws, sid, "owner request")
     deleted = takedown.purge(ws)
+    assert takedown.purge_records(ws)  # the faces, shots... records made from it
     assert source["local_path"] in deleted and clip["video_path"] in deleted
     assert not raw.exists() and not crop.exists()
     assert takedown.add(ws, sid, "again").reason == "owner request"  # recorded once
@@ -83,8 +84,19 @@ def test_cli_takedown(ws_copy):
     sid = read_table(ws, "clips").to_pylist()[0]["source_id"]
     r = run_cli("takedown", str(recipe.path), sid, "-w", str(ws.root))
     assert r.returncode == 2 and "--reason" in r.stderr
+    # a mistyped id is refused, with the closest names
+    r = run_cli("takedown", str(recipe.path), sid[:-1] + "x", "-w", str(ws.root), "--reason", "x")
+    assert r.returncode == 2 and "names no source" in r.stderr and sid in r.stderr, r.stderr
+    assert not (ws.root / "takedowns.json").exists()
+    records_before = {p for p in ws.cache.rglob("*.json")}
+    mention = {p for p in records_before if sid in p.read_text()}
+    assert mention  # the faces, shots, scrape... records of the source
     r = run_cli("takedown", str(recipe.path), sid, "-w", str(ws.root), "--reason", "owner request")
     assert r.returncode == 0, r.stderr
     assert f"taken down: {sid}" in r.stdout and "dsbuilder run" in r.stdout
+    assert "cache record(s)" in r.stdout
+    left = {p for p in ws.cache.rglob("*.json") if sid in p.read_text()}
+    assert all(p.relative_to(ws.cache).parts[0] == "scrape" for p in left)
+    assert all(not p.exists() for p in mention - left)
     r = run_cli("takedown", str(recipe.path), "-w", str(ws.root), "--list")
     assert sid in r.stdout and "owner request" in r.stdout
