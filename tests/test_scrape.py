@@ -524,7 +524,7 @@ def test_trickling_server_refused_port_and_unknown_host_have_their_own_reasons()
     from dsbuilder.fetch.http import HttpClient
 
     client = HttpClient(user_agent=UA, timeout_s=2, retries=0, backoff_s=0.01, max_bytes=10 ** 6,
-                        limiter=HostRateLimiter(0))
+                        limiter=HostRateLimiter(0), trusted_hosts={"127.0.0.1"})
     with LoopbackServer() as srv:
         srv.add("/drip.jpg", Route(b"x" * 200, "image/jpeg", drip_bps=2))
         t = time.perf_counter()
@@ -542,3 +542,28 @@ def test_trickling_server_refused_port_and_unknown_host_have_their_own_reasons()
     with pytest.raises(FetchFailed) as err:
         client.download("http://no-such-host.invalid/x.jpg", tempfile.mkdtemp())
     assert err.value.reason == "dns_error"
+
+
+def test_a_redirect_cannot_steer_a_fetch_into_a_local_address():
+    """The recipe names 127.0.0.1 (trusted); a redirect to localhost, another name for a loopback
+    address, is refused (blocked_address), as is an untrusted client's loopback URL."""
+    from dsbuilder.fetch.common import FetchFailed, HostRateLimiter
+    from dsbuilder.fetch.http import HttpClient
+
+    with LoopbackServer() as srv:
+        port = srv.base_url.rsplit(":", 1)[1].strip("/")
+        srv.add("/ok.jpg", Route(b"\xff\xd8data", "image/jpeg"))
+        srv.add("/jump", Route(b"", "text/plain", status=302,
+                               headers={"Location": f"http://localhost:{port}/ok.jpg"}))
+        trusting = HttpClient(user_agent=UA, timeout_s=2, retries=0, backoff_s=0.01,
+                              max_bytes=10 ** 6, limiter=HostRateLimiter(0),
+                              trusted_hosts={"127.0.0.1"})
+        assert trusting.download(srv.url("/ok.jpg"), tempfile.mkdtemp()).size == 6
+        with pytest.raises(FetchFailed) as err:
+            trusting.download(srv.url("/jump"), tempfile.mkdtemp())
+        assert err.value.reason == "blocked_address" and "localhost" in err.value.detail
+        plain = HttpClient(user_agent=UA, timeout_s=2, retries=0, backoff_s=0.01,
+                           max_bytes=10 ** 6, limiter=HostRateLimiter(0))
+        with pytest.raises(FetchFailed) as err:
+            plain.download(srv.url("/ok.jpg"), tempfile.mkdtemp())
+        assert err.value.reason == "blocked_address" and not err.value.transient

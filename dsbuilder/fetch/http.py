@@ -14,6 +14,10 @@ timeout              connect/read timeout, or the whole item took longer   yes
                      than ``timeout_s`` (a watchdog closes a connection
                      that trickles on past it)
 connection_refused   nothing listens at the host's port                    yes
+blocked_address      the URL's host is a loopback, private, link-local or  no
+                     reserved address that the recipe does not name
+                     itself (a redirect or a page may not steer a fetch
+                     into the curator's own network)
 dns_error            the host name does not resolve                        yes
 too_large            Content-Length, or the bytes received, exceed the cap no
 truncated            the body ended before its Content-Length              yes
@@ -147,7 +151,9 @@ class HttpClient:
     """
 
     def __init__(self, *, user_agent: str, timeout_s: float, retries: int, backoff_s: float,
-                 max_bytes: int, limiter: HostRateLimiter, respect_robots: bool = True):
+                 max_bytes: int, limiter: HostRateLimiter, respect_robots: bool = True,
+                 trusted_hosts: set[str] | None = None):
+        self.trusted_hosts = {h.lower() for h in (trusted_hosts or set()) if h}
         self.user_agent = user_agent
         self.timeout_s = float(timeout_s)
         self.retries = int(retries)
@@ -254,6 +260,7 @@ class HttpClient:
         deadline = Deadline.after(self.timeout_s)
         current = url
         for _ in range(MAX_REDIRECTS + 1):
+            self.check_address(current)
             self.check_robots(current)
             deadline.check(url, self.timeout_s)
             timeout = max(0.01, min(self.timeout_s, deadline.remaining()))
@@ -268,6 +275,25 @@ class HttpClient:
                     continue
                 return self._save(url, resp, dest_dir, deadline)
         raise FetchFailed("http_error", f"more than {MAX_REDIRECTS} redirects from {url}")
+
+    def check_address(self, url: str) -> None:
+        """Refuse a host that resolves to a loopback, private, link-local or reserved address,
+        unless the recipe names the host itself (``trusted_hosts``)."""
+        import ipaddress
+
+        host = (urlsplit(url).hostname or "").lower()
+        if not host or host in self.trusted_hosts:
+            return
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except socket.gaierror:
+            return  # the request itself reports dns_error
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%")[0])
+            if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_reserved \
+                    or ip.is_multicast or ip.is_unspecified:
+                raise FetchFailed("blocked_address", f"{url}: {host} is {ip}, a local or private "
+                                  "address the recipe does not name; not fetched")
 
     def _request_failure(self, url: str, exc: Exception) -> FetchFailed:
         import requests

@@ -219,7 +219,7 @@ REASONS = {
     "scrape": ("http_error", "timeout", "truncated", "too_large", "too_long", "licence_not_allowed",
                "robots_disallowed", "unsupported_media", "no_audio", "not_found", "duplicate",
                "extract_error", "too_small", "io_error", "taken_down", "connection_refused",
-               "dns_error", "outside_folder"),
+               "dns_error", "outside_folder", "blocked_address"),
     "shots": ("no_video_stream", "decode_error", "too_short", "truncated"),
     "dictionary": ("no_face", "many_faces", "too_small", "blurry", "extreme_pose",
                    "identity_outlier", "decode_error", "no_kept_face"),

@@ -51,6 +51,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Iterable
 
 from dsbuilder.errors import StageError
@@ -223,7 +224,11 @@ class _Scrape:
             self._http = HttpClient(
                 user_agent=self.p["user_agent"], timeout_s=self.p["timeout_s"],
                 retries=self.p["retries"], backoff_s=self.p["backoff_s"], max_bytes=self.max_bytes,
-                limiter=self.limiter, respect_robots=self.p["respect_robots"])
+                limiter=self.limiter, respect_robots=self.p["respect_robots"],
+                # the recipe's own hosts may be local (a curator's intranet, the tests' loopback
+                # server); a redirect or a page must not lead anywhere else that is
+                trusted_hosts={urlsplit(s.ref).hostname or "" for s in self.recipe.sources()
+                               if s.ref.startswith(("http://", "https://"))})
         return self._http
 
     @property
