@@ -158,6 +158,23 @@ def decode_stream(container: Any, stream: Any, damage: list | None = None) -> It
         yield from frames
 
 
+def _open_video(path: str | Path) -> tuple[Any, Any]:
+    """An open container and its first video stream (decoded with FFmpeg's threads). Raises
+    :class:`MediaError` (``decode_error``, ``no_video_stream``)."""
+    import av
+
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise MediaError("decode_error", f"cannot open: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError("no_video_stream", "the file has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return container, stream
+
+
 def declared_frames(info: "MediaInfo") -> int | None:
     """Frames the container says its video stream holds (None when it does not say)."""
     if info.n_frames:
@@ -180,15 +197,8 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
     """
     import av
 
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise MediaError("decode_error", f"cannot open: {exc}") from None
+    container, stream = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise MediaError("no_video_stream", "the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         step = 1.0 / float(rate) if rate else 1 / 25
         # Times are on the container's timeline (0 = the file's start), as players show them: a
@@ -236,15 +246,8 @@ def sample_frames(path: str | Path, times: list[float], fmt: str = "rgb24"
     """
     import av
 
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise MediaError("decode_error", f"cannot open: {exc}") from None
+    container, stream = _open_video(path)
     with container:
-        if not container.streams.video:
-            raise MediaError("no_video_stream", "the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
         reformatter = av.video.reformatter.VideoReformatter()

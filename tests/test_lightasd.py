@@ -9,8 +9,6 @@ sound. Tests needing the weights skip with a message when they are not installed
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np

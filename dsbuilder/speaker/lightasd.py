@@ -35,12 +35,13 @@ All batch norms have eps 1e-3. Convolutions have no bias.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dsbuilder.workspace import sha256_file
 
 #: The upstream repository and the commit whose code and weights we follow.
 UPSTREAM_REPO = "Junhua-Liao/Light-ASD"
@@ -177,14 +178,6 @@ def _build():
 
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_model(weights: str | Path):
