@@ -567,3 +567,16 @@ def test_a_redirect_cannot_steer_a_fetch_into_a_local_address():
         with pytest.raises(FetchFailed) as err:
             plain.download(srv.url("/ok.jpg"), tempfile.mkdtemp())
         assert err.value.reason == "blocked_address" and not err.value.transient
+
+
+def test_robots_txt_applies_to_direct_video_urls(server, media, tmp_path):
+    """A video URL that yt-dlp's generic extractor fetches is an HTTP fetch like a photo: a path
+    robots.txt disallows is not downloaded (robots_disallowed)."""
+    server.add("/private/clip.mp4", Route.file(media["a.mp4"]))
+    recipe = write_recipe(tmp_path, [{"id": "p", "videos": [server.url("/private/clip.mp4")]}])
+    server.reset_log()
+    _, ws = run_scrape(recipe, tmp_path / "ws")
+    rej = read_table(ws, "rejections").to_pylist()
+    assert [r["reason"] for r in rej] == ["robots_disallowed"], rej
+    assert server.counts().get("/private/clip.mp4", 0) <= 1  # yt-dlp's probe at most, no download
+    assert not [s for s in read_table(ws, "sources").to_pylist() if s["status"] == "ok"]

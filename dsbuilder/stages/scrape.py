@@ -553,6 +553,18 @@ class _Scrape:
         return {"status": "ok", "at": now_utc(), "source": src}
 
     # --- videos -----------------------------------------------------------------------------
+    def _check_direct_video(self, info: dict[str, Any], ref: str) -> None:
+        """A video found by yt-dlp's generic extractor (a media URL, or a page's <video>) is a plain
+        HTTP fetch: robots.txt and the address policy apply as for photos. Known sites' extractors
+        are left to yt-dlp (their pages are not crawled, their APIs are what the site offers)."""
+        if (info.get("extractor_key") or info.get("extractor") or "").lower() != "generic":
+            return
+        for u in dict.fromkeys((ref, info.get("url"))):
+            if u and u.startswith(("http://", "https://")):
+                self.http.check_address(u)
+                if self.p["respect_robots"]:
+                    self.http.check_robots(u)
+
     def _video(self, spec: SourceSpec, entry: _Entry, tmpdir: Path) -> dict[str, Any]:
         if entry.local:
             return self._local_video(spec, entry, tmpdir)
@@ -588,6 +600,7 @@ class _Scrape:
             reused = None
             info = self.prefetched.pop(("video", entry.ref), None) or self.retrying(
                 lambda: self.ytdlp.resolve(flat, entry.ref), entry.ref)
+            self._check_direct_video(info, entry.ref)
             licence, licence_raw = self._check_video_metadata(info, spec, entry.ref,
                                                               metadata(info))
 
