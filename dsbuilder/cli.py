@@ -67,11 +67,16 @@ def _workspace_option(f):
                              "./workspaces/<name>).")(f)
 
 
-def _load(recipe_path: Path, workspace: Path | None):
+def _load(recipe_path: Path, workspace: Path | None, *, existing: bool = False):
+    """The recipe and its workspace (created when missing, unless ``existing``: commands that read
+    a finished run say that there is none and create nothing)."""
     from dsbuilder.recipe import load_recipe
     from dsbuilder.workspace import Workspace
 
     recipe = load_recipe(recipe_path, workspace)
+    if existing and not (Path(recipe.workspace) / "manifests").is_dir():
+        raise UsageError(f"no workspace at {recipe.workspace}",
+                         f"run `dsbuilder run {recipe_path}` first, or name one with --workspace")
     ws = Workspace.open(recipe.workspace)
     _log_to_workspace(ws)
     return recipe, ws
@@ -397,7 +402,7 @@ def takedown(recipe: Path, what: str | None, workspace: Path | None, reason: str
     `dsbuilder run` rejects it (taken_down) and drops everything made from it."""
     from dsbuilder import takedown as td
 
-    _, ws = _load(recipe, workspace)
+    _, ws = _load(recipe, workspace, existing=True)
     if list_:
         for t in td.Takedowns.load(ws).entries:
             click.echo(f"{t.at}  {t.match}  {t.reason}")
@@ -405,7 +410,7 @@ def takedown(recipe: Path, what: str | None, workspace: Path | None, reason: str
     if not what or not reason:
         raise UsageError("takedown needs WHAT and --reason",
                          "e.g. dsbuilder takedown RECIPE src-0123abcd --reason 'owner request'")
-    rec = _load(recipe, workspace)[0]
+    rec = _load(recipe, workspace, existing=True)[0]
     names = td.known_names(ws, [s.ref for s in rec.sources()])
     if what.strip() not in names:
         near = td.closest(what.strip(), names)
@@ -456,7 +461,7 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
     writes <workspace>/models/speech/ (model, config, metrics, model card)."""
     from dsbuilder.train.speech import MODEL_DIR, train as train_student
 
-    _, ws = _load(recipe, workspace)
+    _, ws = _load(recipe, workspace, existing=True)
     metrics = train_student(ws, {**options, "speaking_only": not all_clips},
                             progress=not no_progress)
     _echo_scores(metrics, "clips")
@@ -474,7 +479,7 @@ def train_fer(recipe: Path, workspace: Path | None, no_progress: bool, **options
     config, metrics, model card)."""
     from dsbuilder.train.fer import MODEL_DIR, train as train_student
 
-    rec, ws = _load(recipe, workspace)
+    rec, ws = _load(recipe, workspace, existing=True)
     metrics = train_student(ws, options, crop_fraction=rec.stages["label"]["crop_fraction"],
                             progress=not no_progress)
     _echo_scores(metrics, "frames")

@@ -59,3 +59,17 @@ def test_recipe_show_prints_effective_config(tmp_path):
     from dsbuilder.config import STAGES
 
     assert set(eff["stage_params_hash"]) == set(STAGES)
+
+
+def test_commands_that_read_a_run_refuse_a_missing_workspace_and_create_nothing(tmp_path):
+    from dsbuilder import synth
+
+    synth.write_photo(tmp_path / "p.jpg", synth.grace_hopper())
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\nworkspace: {tmp_path / 'ws'}\npeople:\n  - id: p\n"
+                      f"    photos: [{tmp_path / 'p.jpg'}]\n")
+    for args in (("train", "fer", str(recipe)), ("train", "speech", str(recipe)),
+                 ("takedown", str(recipe), "src-x", "--reason", "r")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and "no workspace at" in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "ws").exists()

@@ -56,3 +56,43 @@ def test_missing_values_do_not_break_collation(demo_workspace):
         r["licence"] = r["valence"] = r["au_emotion"] = None
     batch = default_collate([ds[i] for i in range(len(ds))])
     assert batch["licence"] == [""] * len(ds) and batch["valence"].isnan().all()
+
+
+def test_windows_batch_with_workers_and_channels_first(demo_workspace):
+    """Fixed windows over the clips: equal shapes, so a DataLoader batches 4 at a time with 2
+    workers; faces channels-first; a transform runs on each item."""
+    from torch.utils.data import DataLoader
+
+    _, ws = demo_workspace
+    seen = []
+    ds = ClipDataset(ws, split=None, grey=True, window_s=0.4, stride_s=0.4, channels_first=True,
+                     transform=lambda it: {**it, "tag": 1})
+    assert len(ds) >= 4
+    batches = list(DataLoader(ds, batch_size=4, num_workers=2))
+    for b in batches:
+        assert tuple(b["face"].shape[1:]) == (10, 1, 224, 224)
+        assert tuple(b["audio"].shape[1:]) == (6400,)
+        assert (b["face_valid"] <= 10).all() and (b["audio_valid"] <= 6400).all()
+        assert (b["tag"] == 1).all()
+        seen.append(len(b["clip_id"]))
+    assert sum(seen) == len(ds) and seen[0] == 4
+
+
+def test_collate_pads_whole_clips_of_different_lengths(demo_workspace):
+    from torch.utils.data import DataLoader
+
+    from dsbuilder.train.data import collate
+
+    _, ws = demo_workspace
+    ds = ClipDataset(ws, split=None, grey=True, max_frames=None)
+    (batch,) = list(DataLoader(ds, batch_size=len(ds), collate_fn=collate))
+    lengths = [len(ds[i]["face"]) for i in range(len(ds))]
+    assert tuple(batch["face"].shape[:2]) == (len(ds), max(lengths))
+    assert batch["face_mask"].sum(dim=1).tolist() == lengths
+    assert batch["audio_mask"].shape == batch["audio"].shape
+
+
+def test_not_a_workspace_is_an_error_and_creates_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a dsbuilder workspace"):
+        ClipDataset(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
