@@ -473,6 +473,7 @@ class RawTrack:
     end_s: float  # time of the frame after the last one (the shot's end_s at a cut)
     ended_by: str  # "shot_end", "gap", "lost" or "duplicate"
     samples: list[Sample] = field(default_factory=list)
+    screened: dict | None = None  # the early verdict on a track that is not a target (Screen)
 
     @property
     def start_frame(self) -> int:
@@ -513,6 +514,8 @@ class _LiveTrack:
         self.first_miss: int | None = None  # position of the first miss since the last match
         self.calibration = (0.0, 0.0, 1.0, 1.0)  # detector box relative to the landmarks' box
         self.reservoir = SampleReservoir(reservoir_size, bin_s)
+        self.screened: dict | None = None  # not a target: followed by its detections only
+        self.screen_at = SCREEN_SAMPLES[0]  # screen when the reservoir holds this many samples
         self.confirmed = True  # False: started by a weak face, not yet seen at the usual threshold
 
     @property
@@ -555,8 +558,17 @@ class _LiveTrack:
             boxes=np.stack(self.boxes[:end]).astype(np.float32),
             landmarks=np.stack(self.landmarks[:end]).astype(np.float32),
             detected=np.asarray(self.detected[:end], bool), end_s=float(end_s), ended_by=ended_by,
-            samples=[s for s in self.reservoir.pick(n_samples) if s.t < end_s])
+            samples=[s for s in self.reservoir.pick(n_samples) if s.t < end_s],
+            screened=self.screened)
 
+
+#: ``screen(samples) -> verdict or None``: is a live track clearly not any recipe person? Called when
+#: its reservoir holds :data:`SCREEN_SAMPLES` samples (the faces stage embeds them and compares them
+#: with the dictionary, :func:`dsbuilder.stages.faces.screener`; the verdict is a dict with its
+#: ``detail`` and the nearest person). A screened track is followed by its detections only (no
+#: landmarks between them) and ends as ``not_target``.
+Screen = Callable[[list["Sample"]], "dict | None"]
+SCREEN_SAMPLES = (3, 6)
 
 #: Where dlib's HOG puts its box relative to the 68 landmarks' bounding box (centre offset in box
 #: widths/heights, width and height ratios): medians over the faces of the test photos and the Hamilton
@@ -678,11 +690,12 @@ def _associate(track_boxes: np.ndarray, det_boxes: np.ndarray, min_iou: float
 class _Tracker:
     """The live tracks of the current shot, updated frame by frame. Finished tracks go to ``done``."""
 
-    def __init__(self, p: FacesParams, info: VideoInfo):
+    def __init__(self, p: FacesParams, info: VideoInfo, screen: Screen | None = None):
         self.p = p
         self.info = info
         self.live: list[_LiveTrack] = []
         self.done: list[RawTrack] = []
+        self.screen = screen
 
     def small_faces(self, shot: ShotSpan, below_px: float) -> np.ndarray:
         """Boxes ``(k, 4)`` (source pixels) of the live faces of ``shot`` smaller than ``below_px``."""
@@ -749,7 +762,7 @@ class _Tracker:
                 track.first_miss = len(track.frames)
             if frame.t - track.last_match_t > float(p.max_gap_s) + 1e-6:
                 self.end_after_misses(track, frame, "gap")
-            elif not self.follow(track, frame):
+            elif not self.follow(track, frame, missed=True):
                 self.end_after_misses(track, frame, "lost")
         claimed = {di for _, di in matches}
         for di, box in enumerate(det_boxes):
@@ -788,12 +801,22 @@ class _Tracker:
         if track.reservoir.wants(frame.t, quality):
             chip, local = make_chip(frame.rgb(), det_box)
             track.reservoir.add(Sample(frame.t, quality, chip, local))
+            n = len(track.reservoir.bins)
+            if self.screen is not None and track.screened is None and n >= track.screen_at:
+                track.screened = self.screen(track.reservoir.pick(n))
+                later = [k for k in SCREEN_SAMPLES if k > n]
+                track.screen_at = later[0] if later else 10 ** 9
 
-    def follow(self, track: _LiveTrack, frame: Frame) -> bool:
+    def follow(self, track: _LiveTrack, frame: Frame, missed: bool = False) -> bool:
         """Landmark tracking: the predictor in a box placed on the previous landmarks as dlib's HOG
         places its boxes (the boxes it was trained on: :data:`PREDICTOR_BOX`; another detector's box
         shape, fed back frame after frame, makes the fit drift), then the track's box from the new
-        landmarks in its detector's calibration. False if lost."""
+        landmarks in its detector's calibration. False if lost. A screened track (not a target) is
+        not followed between its detections: the predictor's time goes to the targets."""
+        if track.screened is not None:
+            if missed:  # a detection frame without it: keep its place (where misses began)
+                track.append(frame, track.box, track.landmarks[-1], detected=False)
+            return True
         lm = api.landmarks(frame.gray(),
                            int_box(track.box_from_landmarks(track.landmarks[-1], PREDICTOR_BOX)))
         box = track.box_from_landmarks(lm)
@@ -812,8 +835,8 @@ def lookahead_frames(info: VideoInfo, detect_fps: float) -> int:
     return max(2, min(max(two_intervals, by_time), max(two_intervals, by_memory)))
 
 
-def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str, Any] | FacesParams
-                ) -> Iterator[RawTrack]:
+def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str, Any] | FacesParams,
+                screen: Screen | None = None) -> Iterator[RawTrack]:
     """Detect and track the faces of one video, streaming; yield each track when it ends.
 
     Only frames inside ``shots`` are looked at (a shot missing from the list, e.g. one rejected as too
@@ -841,7 +864,7 @@ def track_video(path: str | Path, shots: Sequence[ShotSpan], params: Mapping[str
                 yield f
 
         source = frames()
-        tracker = _Tracker(p, info)
+        tracker = _Tracker(p, info, screen)
         schedule = _Schedule(p)
         pending: deque[_Pending] = deque()
         shot_pos = 0

@@ -284,6 +284,17 @@ def judge(raw: RawTrack, dictionary: Dictionary, p: FacesParams, *, keep_geometr
 
     sizes = landmark_face_px(raw.landmarks)
     reason = detail = None
+    if raw.screened is not None and raw.duration_s >= float(p.min_track_s) - _EPS:
+        v = raw.screened
+        raw.samples = []
+        return JudgedTrack(
+            raw=raw if keep_geometry else None, shot_id=raw.shot.shot_id,
+            first_left=float(raw.boxes[0, 0]), start_frame=raw.start_frame,
+            end_frame=raw.end_frame, start_s=raw.start_s, end_s=raw.end_s, n_frames=raw.n_frames,
+            n_detections=raw.n_detections, mean_face_px=float(sizes.mean()), median_yaw=None,
+            kept=False, reason="not_target", detail=v["detail"], n_embeddings=v["n_embeddings"],
+            identity=Identity(None, v["distance"], v["threshold"], v["nearest"], v["distance"]),
+            yaw_pitch=None)
     yaw_pitch = None
     median_yaw = None
     identity = Identity(None, None, None, None, None)
@@ -323,6 +334,41 @@ def judge(raw: RawTrack, dictionary: Dictionary, p: FacesParams, *, keep_geometr
         yaw_pitch=yaw_pitch if kept else None)
 
 
+#: A track is screened out early (followed by its detections only, then ``not_target``) when its
+#: first samples' median distance exceeds every person's threshold by this much: a clear stranger.
+SCREEN_MARGIN = 0.05
+
+
+def screener(dictionary: Dictionary, p: FacesParams):
+    """The tracker's early identity check (:data:`dsbuilder.face.tracker.Screen`): a detail string
+    for a track whose samples are clearly nobody in the dictionary, else None. With
+    ``match_threshold`` set (an override), or no dictionary, nothing is screened."""
+    from dsbuilder.face import api
+
+    if not len(dictionary) or p.match_threshold is not None:
+        return None
+
+    people = [q for q in dictionary.people if q.threshold is not None and len(q.embeddings)]
+
+    def screen(samples) -> dict | None:
+        if not people:
+            return None
+        embeddings = list(api.embed_many([(s.chip, s.box) for s in samples]))
+        gaps = sorted((api.median_distance(embeddings, q.embeddings) - q.threshold, q.person_id,
+                       q.threshold) for q in people)
+        gap, nearest, thr = gaps[0]  # the person it comes closest to matching
+        if gap <= SCREEN_MARGIN:
+            return None
+        return {"nearest": nearest, "distance": gap + thr, "threshold": thr,
+                "n_embeddings": len(embeddings),
+                "detail": f"nearest person {nearest} at median distance {gap + thr:.3f} > "
+                          f"threshold {thr:.3f} + margin {SCREEN_MARGIN:g} on its first "
+                          f"{len(embeddings)} embeddings: screened out early, followed by its "
+                          "detections only"}
+
+    return screen
+
+
 def iter_shots(path: str | Path, spans: Sequence[ShotSpan], dictionary: Dictionary, p: FacesParams,
                *, keep_geometry: bool = False) -> Iterator[list[tuple[str, JudgedTrack]]]:
     """Pass 1 and the decisions, shot by shot: each shot's ``(track_id, judged track)`` list, in id
@@ -335,7 +381,7 @@ def iter_shots(path: str | Path, spans: Sequence[ShotSpan], dictionary: Dictiona
         return [(f"{j.shot_id}-trk{k:03d}", j) for k, j in enumerate(ordered)]
 
     group: list[JudgedTrack] = []
-    for raw in track_video(path, spans, p):
+    for raw in track_video(path, spans, p, screen=screener(dictionary, p)):
         judged = judge(raw, dictionary, p, keep_geometry=keep_geometry)
         if group and group[-1].shot_id != judged.shot_id:
             yield numbered(group)
