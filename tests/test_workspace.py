@@ -56,3 +56,16 @@ def test_records_round_trip_and_keys_depend_on_all_parts(tmp_path):
     assert ws.get_record("shots", k) == {"x": [1, 2]}
     assert len({k, item_key("sha2", "params", "1"), item_key("sha", "p2", "1"),
                 item_key("sha", "params", "2")}) == 4
+
+
+def test_an_empty_table_has_its_schema_and_no_row_group(tmp_path):
+    import pyarrow.parquet as pq
+
+    from dsbuilder.manifest.io import read_table, write_table
+    from dsbuilder.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    path = write_table(ws, "rejections", [], "h", part="shots")
+    f = pq.ParquetFile(path)
+    assert f.num_row_groups == 0 and "reason" in f.schema_arrow.names
+    assert read_table(ws, "rejections").num_rows == 0

@@ -54,7 +54,10 @@ def write_table(ws: Workspace, table: str, rows: Iterable[dict[str, Any]], param
     # from dictionaries and would cost memory while writing (measured: benchmarks/RESULTS.md, faces)
     strings = [f.name for f in schema if pa.types.is_string(f.type)]
     with atomic_path(target) as tmp:
-        pq.write_table(tbl, tmp, compression="zstd", use_dictionary=strings)
+        if tbl.num_rows:
+            pq.write_table(tbl, tmp, compression="zstd", use_dictionary=strings)
+        else:  # no row group at all: readers that refuse an empty row group (HF datasets) load it
+            pq.ParquetWriter(tmp, schema, compression="zstd").close()
     return target
 
 
