@@ -373,3 +373,10 @@ def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
     assert problems, tamper
     r = run_cli("manifest", "validate", str(ws.root))
     assert r.returncode == 1 and "INVALID" in r.stderr and "unexpected" not in r.stderr, r.stderr
+
+
+def test_the_page_shows_no_dict_and_no_local_path(demo_ws):
+    recipe, ws = demo_ws
+    page = (ws.root / "report" / "report.html").read_text()
+    assert "{'" not in page and "file:///" not in page
+    assert "local file: " in page  # the demo's media are local files

@@ -417,6 +417,10 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
             v = f"{v:.3f}"
         elif isinstance(v, (list, tuple)):
             v = ", ".join(str(x) for x in v)
+        elif isinstance(v, Mapping):  # e.g. counts by kind: "photos_ok 4, videos_ok 2"
+            v = ", ".join(f"{k} {x}" for k, x in v.items())
+        elif isinstance(v, str) and v.startswith("file://"):
+            v = "local file: " + v.rsplit("/", 1)[-1]  # no absolute path of this machine in the page
         return f"<td>{html.escape('' if v is None else str(v))}</td>"
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
