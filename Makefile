@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=24"
-	$(BIN)/pip install --quiet -e ".[dev,voice]"
+	$(BIN)/pip install --quiet -e ".[dev,voice,ray]"
 	# model files inside these wheels (resemblyzer's voice encoder, silero's ONNX VAD); their declared
 	# dependencies would compile webrtcvad or pull extras we don't use, so install them alone
 	$(BIN)/pip install --quiet --no-deps resemblyzer==0.1.4 silero-vad==6.2.3

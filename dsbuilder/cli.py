@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from dsbuilder import __version__
-from dsbuilder.config import STAGES
+from dsbuilder.stages import STAGES
 from dsbuilder.errors import DsbuilderError, UsageError
 
 log = logging.getLogger("dsbuilder")
@@ -121,7 +121,55 @@ def _check_people(ws) -> None:
 
 # --- commands -----------------------------------------------------------------------------------
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _docstring(path: Path, function: str) -> str:
+    """A function's docstring read from its source file, without importing the module."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+class _Cli(click.Group):
+    """The command group; one command per stage, built from the stage's spec when first asked for
+    (so that ``dsbuilder run --help`` imports no stage module, and ``dsbuilder --help`` neither)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *STAGES, "hmm"})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in STAGES and name not in self.commands:
+            self.add_command(_stage_command(name))
+        if name == "hmm" and name not in self.commands:  # its option defaults read the label spec
+            from dsbuilder.cli_hmm import hmm
+
+            self.add_command(hmm)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list; stage commands not built yet show their spec's help read from the
+        source, so that listing them imports none of them."""
+        from dsbuilder.stages import spec_help
+
+        rows = []
+        for name in self.list_commands(ctx):
+            if name not in self.commands and (name in STAGES or name == "hmm"):
+                text = (spec_help(name) + f" Same as `run --only {name}`." if name in STAGES
+                        else _docstring(Path(__file__).with_name("cli_hmm.py"), "hmm"))
+                rows.append((name, click.Command(name, help=text).get_short_help_str(
+                    formatter.width - 6 - max(map(len, self.list_commands(ctx))))))
+            else:
+                cmd = self.get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(
+                        formatter.width - 6 - max(map(len, self.list_commands(ctx))))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dsbuilder")
 @click.option("-v", "--verbose", count=True, help="More log output (DEBUG).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -138,6 +186,33 @@ def cli(verbose: int, quiet: bool) -> None:
         progress.QUIET = True
 
 
+def _executor_options(command):
+    """``--executor``, ``--jobs`` and ``--ray-address``: override the recipe's ``run:`` section."""
+    command = click.option("--ray-address", metavar="ADDRESS",
+                           help="Ray cluster to join (ray://head:10001, or auto); default: a "
+                                "local Ray with --jobs CPUs.")(command)
+    command = click.option("-j", "--jobs", type=click.IntRange(1, 1024),
+                           help="Items computed at once (default: the recipe's run.jobs, 1).")(command)
+    command = click.option("--executor", type=click.Choice(("local", "process", "ray")),
+                           help="Who computes the work items: this process, a local process pool, "
+                                "or Ray (pip install -e '.[ray]'). The manifests are the same "
+                                "(default: the recipe's run.executor, local).")(command)
+    return command
+
+
+def _executor_config(rec, executor: str | None, jobs: int | None, ray_address: str | None):
+    from dataclasses import replace
+
+    cfg = rec.executor
+    if executor:
+        cfg = replace(cfg, kind=executor)
+    if jobs:
+        cfg = replace(cfg, jobs=jobs)
+    if ray_address:
+        cfg = replace(cfg, ray_address=ray_address)
+    return cfg
+
+
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @_workspace_option
@@ -149,104 +224,63 @@ def cli(verbose: int, quiet: bool) -> None:
 @click.option("--retry-failed", is_flag=True,
               help="Retry items that failed transiently before (timeouts, 5xx, truncated).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(recipe: Path, workspace: Path | None, until, only, force, retry_failed, no_progress) -> None:
+@_executor_options
+def run(recipe: Path, workspace: Path | None, until, only, force, retry_failed, no_progress,
+        executor, jobs, ray_address) -> None:
     """Run the recipe's stages in order; resumes where an earlier run stopped."""
     from dsbuilder import pipeline
 
     rec, ws = _load(recipe, workspace)
     p = pipeline.plan(until=until, only=only, force=force)
-    results = pipeline.run(rec, ws, p, retry_failed=retry_failed, progress=not no_progress)
+    results = pipeline.run(rec, ws, p, retry_failed=retry_failed, progress=not no_progress,
+                           executor=_executor_config(rec, executor, jobs, ray_address))
     _print_summary(results, ws)
 
 
-def _stage_command(name: str):
-    """``dsbuilder <stage> RECIPE``: run one stage, as ``run --only <stage>``."""
+def _stage_command(name: str) -> click.Command:
+    """``dsbuilder <stage> RECIPE``: run one stage, as ``run --only <stage>``; its help and extra
+    options come from the stage's ``SPEC`` (:class:`dsbuilder.stages.spec.StageSpec`)."""
+    import importlib
+
+    from dsbuilder.stages import get_spec
+
+    spec = get_spec(name)
 
     @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
     @_workspace_option
     @click.option("--force", is_flag=True, help="Ignore this stage's cache and redo its work.")
     @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+    @_executor_options
     def command(recipe: Path, workspace: Path | None, force: bool, no_progress: bool,
-                **extra) -> None:
+                executor, jobs, ray_address, **extra) -> None:
         from dsbuilder import pipeline
+        from dsbuilder.executors import make_executor
 
         rec, ws = _load(recipe, workspace)
-        if extra.get("show"):
-            _show(name, rec, ws, extra["show"], extra.get("output"))
-            return
-        if extra.get("au_csv"):
-            rec.stages["label"] = {**rec.stages["label"], "au_csv": str(extra["au_csv"].resolve())}
-        result = pipeline.run_stage(name, rec, ws, force=force, progress=not no_progress,
-                                    retry_failed=extra.get("retry_failed", False))
+        for opt in spec.options:
+            value = extra.get(opt.dest)
+            if opt.action and value:  # an alternative action, e.g. --show
+                module, _, func = opt.action.partition(":")
+                for line in getattr(importlib.import_module(module), func)(rec, ws, value, **extra):
+                    click.echo(line)
+                return
+            if opt.target == "param" and value is not None:
+                value = str(Path(value).resolve()) if opt.kind != "text" else value
+                rec.stages[name] = {**rec.stages[name], opt.dest: value}
+        run_kwargs = {k: extra[k] for k in spec.run_options() if extra.get(k) is not None}
+        with make_executor(_executor_config(rec, executor, jobs, ray_address)) as ex:
+            result = pipeline.run_stage(name, rec, ws, force=force, progress=not no_progress,
+                                        executor=ex, **run_kwargs)
         _print_summary([result], ws)
 
-    if name == "scrape":
-        command = click.option("--retry-failed", is_flag=True,
-                               help="Retry items that failed transiently before.")(command)
-    if name == "faces":
-        command = click.option(
-            "--show", metavar="VIDEO", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-            help="Instead of running the stage, write a preview of VIDEO with boxes, names and "
-                 "distances drawn (non-targets pixelated), using the workspace's dictionary.")(command)
-    if name == "speakers":
-        command = click.option(
-            "--show", metavar="VIDEO", help="Instead of running the stage, write a preview per "
-            "kept track of VIDEO (a path or a source_id): its face clip and audio with the speaking "
-            "score, VAD and speaking segments drawn. Needs a finished speakers run.")(command)
-    if name in ("faces", "speakers"):
-        command = click.option(
-            "-o", "--output", type=click.Path(path_type=Path),
-            help="--show: output file (faces) or folder (speakers); default "
-                 "<workspace>/previews/.")(command)
-    if name == "label":
-        command = click.option(
-            "--au-csv", type=click.Path(exists=True, path_type=Path),
-            help="OpenFace 2.x or py-feat CSVs computed on the crop clips: a folder of "
-                 "<track_id>.csv files, or one such file (overrides stages.label.au_csv).")(command)
-    doc = {"scrape": "Fetch the recipe's photos and videos, with provenance.",
-           "dictionary": "Build each person's purified face dictionary and fit a match threshold.",
-           "shots": "Split every scraped video into shots.",
-           "faces": "Detect, track and recognise faces; write aligned crops of the targets only.",
-           "speakers": "Find where target faces speak: VAD, lip-sync scoring and a voice check.",
-           "label": "Label every kept face track: FER probabilities, valence/arousal, action "
-                    "units with FACS emotion scores, and HMM segments per person.",
-           "report": "Write the clips table (the training view, with splits that never share a "
-                     "video or a person) and the audit report: report/report.html and .json, "
-                     "report/dataset_card.md.",
-           }[name]
-    return cli.command(name=name, help=doc + f" Same as `run --only {name}`.")(command)
-
-
-def _show(stage: str, rec, ws, target, output: Path | None) -> None:
-    """``faces --show`` / ``speakers --show``: write previews instead of running the stage."""
-    previews = ws.root / "previews"
-    if stage == "faces":
-        from dsbuilder.face.preview import write_preview
-        from dsbuilder.media import MediaError
-
-        out = output or previews / f"{Path(target).stem}.faces.mp4"
-        try:
-            write_preview(target, out, ws, rec.stage_params("faces"))
-        except MediaError as exc:
-            raise DsbuilderError(f"cannot preview {target}: {exc.detail}",
-                                 "give a video file that PyAV/FFmpeg can decode") from None
-        click.echo(f"preview: {out}")
-        return
-    from dsbuilder.speaker.preview import tracks_of, write_speaking_preview
-
-    track_ids = tracks_of(ws, str(target))
-    if not track_ids:
-        raise DsbuilderError(f"no kept face track for {target!r}",
-                             "give a video of the recipe (its path or source_id) after running "
-                             "the faces and speakers stages")
-    folder = output or previews
-    for tid in track_ids:
-        out = write_speaking_preview(ws, tid, folder / f"{tid}.speakers.mp4")
-        click.echo(f"preview: {out}")
-
-
-for _name in STAGES:
-    _stage_command(_name)
+    for opt in reversed(spec.options):
+        kind = {"text": None,
+                "file": click.Path(dir_okay=False, exists=True, path_type=Path),
+                "existing": click.Path(exists=True, path_type=Path),
+                "path": click.Path(path_type=Path)}[opt.kind]
+        command = click.option(*opt.decls, is_flag=opt.is_flag, metavar=opt.metavar,
+                               type=None if opt.is_flag else kind, help=opt.help)(command)
+    return click.command(name=name, help=spec.help + f" Same as `run --only {name}`.")(command)
 
 
 @cli.group()
@@ -495,9 +529,6 @@ def _echo_scores(metrics, unit: str) -> None:
                        f"(prior {m['argmax_agreement_prior']:.2f})")
 
 
-from dsbuilder.cli_hmm import hmm  # noqa: E402  (light: Click only; heavy imports run in commands)
-
-cli.add_command(hmm)
 
 
 def main() -> None:

@@ -13,18 +13,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dsbuilder.errors import MediaError  # noqa: F401 (re-exported: media.MediaError)
 from dsbuilder.progress import at_time
 
 log = logging.getLogger(__name__)
-
-
-class MediaError(Exception):
-    """A file cannot be used. ``reason`` is a rejection code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,20 @@ work, so ``run`` after a crash, or after a parameter change, redoes only what is
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from dsbuilder.config import STAGES
+from dsbuilder.stages import STAGES
 from dsbuilder.errors import UsageError
 from dsbuilder.recipe import Recipe
-from dsbuilder.stages import stage_runner
+from dsbuilder.stages import get_spec, stage_runner
 from dsbuilder.stages.base import StageResult
 from dsbuilder.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor, ExecutorConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +52,28 @@ def plan(until: str | None = None, only: Iterable[str] = (), force: Iterable[str
 
 
 def run_stage(name: str, recipe: Recipe, ws: Workspace, *, force: bool = False,
-              retry_failed: bool = False, progress: bool = True) -> StageResult:
+              retry_failed: bool = False, progress: bool = True,
+              executor: Executor | None = None) -> StageResult:
     runner = stage_runner(name)
-    kwargs = {"force": force, "progress": progress}
-    if name == "scrape":
+    kwargs: dict = {"force": force, "progress": progress}
+    if "retry_failed" in get_spec(name).run_options():
         kwargs["retry_failed"] = retry_failed
-    log.info("stage %s: starting", name)
+    if executor is not None and "executor" in inspect.signature(runner).parameters:
+        kwargs["executor"] = executor
+    log.info("stage %s: starting%s", name,
+             f" ({executor.name} executor, {executor.jobs} jobs)" if executor else "")
     result = runner(recipe, ws, **kwargs)
     log.info("stage %s: %s", name, result.summary())
     return result
 
 
 def run(recipe: Recipe, ws: Workspace, p: Plan | None = None, *, retry_failed: bool = False,
-        progress: bool = True) -> list[StageResult]:
+        progress: bool = True, executor: ExecutorConfig | None = None) -> list[StageResult]:
+    """Run the plan's stages in order. ``executor`` (default: the recipe's ``run:`` section, else
+    local) computes the work items of every stage; one executor serves the whole run."""
+    from dsbuilder.executors import make_executor
+
     p = p or plan()
-    return [run_stage(s, recipe, ws, force=s in p.force, retry_failed=retry_failed,
-                      progress=progress) for s in p.stages]
+    with make_executor(executor or recipe.executor) as ex:
+        return [run_stage(s, recipe, ws, force=s in p.force, retry_failed=retry_failed,
+                          progress=progress, executor=ex) for s in p.stages]

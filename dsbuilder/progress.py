@@ -39,6 +39,11 @@ class MediaBar:
         if name:
             self._bar.set_postfix_str(name, refresh=False)
 
+    def done(self, length: float, name: str | None = None) -> None:
+        """An item of ``length`` finished elsewhere (a worker process, or the cache)."""
+        self.item(length, name)
+        self._finish_item()
+
     def at(self, position: float) -> None:
         """The current item has got to ``position`` (seconds from its start, or bytes)."""
         p = min(max(0.0, float(position)), self._length) if self._length else 0.0

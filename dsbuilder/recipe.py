@@ -58,6 +58,16 @@ class Recipe:
     licences: dict[str, Any]
     limits: dict[str, Any]
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=lambda: {k: p.default
+                                                         for k, p in config.RUN.items()})
+
+    @property
+    def executor(self):
+        """The ``run:`` section as an :class:`~dsbuilder.executors.ExecutorConfig`."""
+        from dsbuilder.executors import ExecutorConfig
+
+        return ExecutorConfig(kind=self.run["executor"], jobs=int(self.run["jobs"]),
+                              ray_address=self.run["ray_address"])
 
     def sources(self) -> list[SourceSpec]:
         """All source entries in recipe order (people order, photos before videos)."""
@@ -90,6 +100,7 @@ class Recipe:
             ],
             "licences": self.licences,
             "limits": self.limits,
+            "run": self.run,
             "stages": self.stages,
         }
 
@@ -341,6 +352,7 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
     if licences["allow"] is not None and not all(isinstance(x, str) for x in licences["allow"]):
         v.fail("licences.allow must be a list of strings", top["licences"].line)
     limits = v.section(top.get("limits"), config.LIMITS, "limits")
+    run = v.section(top.get("run"), config.RUN, "run")
     stages_loc = top.get("stages")
     sm = {} if stages_loc is None or stages_loc.value is None else v.mapping(stages_loc, "stages")
     v.keys(sm, list(config.STAGE_PARAMS), "stages")
@@ -356,4 +368,4 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
     _resolve_path(v, sm, stages, "report", "review", base,
                   "give a CSV with clip_id, decision and note columns, relative to the recipe")
     return Recipe(path=path.resolve(), name=name, workspace=ws, people=people, licences=licences,
-                  limits=limits, stages=stages)
+                  limits=limits, stages=stages, run=run)

@@ -117,7 +117,7 @@ def workspace(tmp_path, chips, shape):
 def test_registered():
     assert STAGES[-2:] == ("label", "report") and "label" in CODE_VERSIONS
     assert set(REASONS["label"]) == {"low_confidence", "no_landmarks", "decode_error",
-                                     "hmm_too_few_frames"}
+                                     "hmm_too_few_frames", "internal_error", "worker_lost"}
     assert STAGE_PARAMS["label"]["smoothing"].choices == ("ema", "moving_average", "none")
     assert ("labels", "frame_id") in REFERENCES and ("label_clips", "track_id") in REFERENCES
     labels, id_col = schemas()["labels"]

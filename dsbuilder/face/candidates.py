@@ -33,21 +33,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from dsbuilder.config import stage_defaults
+from dsbuilder.errors import PhotoError  # noqa: F401 (re-exported: candidates.PhotoError)
 
 log = logging.getLogger(__name__)
 
 #: The parameters :func:`analyse_photo` depends on (the per-photo cache key hashes only these, so
 #: changing a threshold such as ``min_sharpness`` re-decides from the cache without re-detecting).
 ANALYSIS_PARAMS = ("detector", "upsample", "max_side_px", "min_det_score", "jitters")
-
-
-class PhotoError(Exception):
-    """A photo cannot be used at all. ``reason`` is a rejection code (``decode_error``)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def _params(params: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -150,3 +150,18 @@ def _draw(img: np.ndarray, overlays: list[_Overlay], shot: int | None, t: float)
                     cv2.LINE_AA)
     text = f"{'shot %d' % shot if shot is not None else 'no shot'}  {t:.2f} s"
     cv2.putText(img, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _WHITE, 1, cv2.LINE_AA)
+
+
+def cli_show(recipe, ws, target, output=None, **_options):
+    """``dsbuilder faces --show VIDEO``: write the preview instead of running the stage; yields the
+    lines to print."""
+    from dsbuilder.errors import DsbuilderError
+    from dsbuilder.media import MediaError
+
+    out = Path(output) if output else ws.root / "previews" / f"{Path(target).stem}.faces.mp4"
+    try:
+        write_preview(target, out, ws, recipe.stage_params("faces"))
+    except MediaError as exc:
+        raise DsbuilderError(f"cannot preview {target}: {exc.detail}",
+                             "give a video file that PyAV/FFmpeg can decode") from None
+    yield f"preview: {out}"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlsplit
 
-from dsbuilder.stages.base import ItemRejected
+from dsbuilder.errors import Rejected as ItemRejected
 
 log = logging.getLogger(__name__)
 

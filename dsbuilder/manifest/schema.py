@@ -215,21 +215,9 @@ REFERENCES = {
 }
 
 #: Rejection reason codes per stage. Validation rejects any other code.
-REASONS = {
-    "scrape": ("http_error", "timeout", "truncated", "too_large", "too_long", "licence_not_allowed",
-               "robots_disallowed", "unsupported_media", "no_audio", "not_found", "duplicate",
-               "extract_error", "too_small", "io_error", "taken_down", "connection_refused",
-               "dns_error", "outside_folder", "blocked_address"),
-    "shots": ("no_video_stream", "decode_error", "too_short", "truncated"),
-    "dictionary": ("no_face", "many_faces", "too_small", "blurry", "extreme_pose",
-                   "identity_outlier", "decode_error", "no_kept_face"),
-    "faces": ("not_target", "track_too_short", "face_too_small", "profile_pose", "decode_error",
-              "no_dictionary"),
-}
-REASONS["speakers"] = ("no_audio", "silent", "off_sync", "not_speaking", "voice_mismatch",
-                       "decode_error", "too_short")
-REASONS["label"] = ("low_confidence", "no_landmarks", "decode_error", "hmm_too_few_frames")
-REASONS["report"] = ("curator_rejected", "too_short")  # a leak between splits is an error, not a rejection
+#: Allowed rejection reason codes per stage: each stage's ``SPEC.reasons`` and the executors' own
+#: (``internal_error``, ``worker_lost``), read from the specs on first use.
+from dsbuilder.stages import REASONS  # noqa: E402,F401
 
 
 def _speakers_schemas(pa, ts) -> dict:

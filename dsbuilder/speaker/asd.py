@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from dsbuilder.errors import AsdInputError  # noqa: F401 (re-exported: asd.AsdInputError)
 from dsbuilder.speaker import lightasd
 
 log = logging.getLogger(__name__)
@@ -49,14 +50,6 @@ MIN_FRAMES = 10
 
 #: Grey level upstream pads its crops with.
 PAD_GREY = 110
-
-
-class AsdInputError(Exception):
-    """A track cannot be given to the model; ``reason`` is a rejection code."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 def _eye_frame(size: int, padding: float) -> tuple[np.ndarray, float]:

@@ -366,3 +366,16 @@ def write_speaking_preview(ws: Workspace, track_id: str, out_path: Path) -> Path
         raise DsbuilderError(f"cannot read the face clip of {track_id!r}: {exc}",
                              "run `dsbuilder faces RECIPE --force` to write the clips again") from None
     return out_path
+
+
+def cli_show(recipe, ws, target, output=None, **_options):
+    """``dsbuilder speakers --show VIDEO``: one preview per kept track of VIDEO (a path or a
+    source_id); yields the lines to print."""
+    track_ids = tracks_of(ws, str(target))
+    if not track_ids:
+        raise DsbuilderError(f"no kept face track for {target!r}",
+                             "give a video of the recipe (its path or source_id) after running "
+                             "the faces and speakers stages")
+    folder = Path(output) if output else ws.root / "previews"
+    for tid in track_ids:
+        yield f"preview: {write_speaking_preview(ws, tid, folder / f'{tid}.speakers.mp4')}"

@@ -9,52 +9,23 @@ One bad item never stops the run: it raises :class:`ItemRejected` inside the ite
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from dsbuilder.errors import Rejected
+from dsbuilder.items import Rejection, now_utc  # noqa: F401 (re-exported for the stages)
 from dsbuilder.manifest.io import write_table
 from dsbuilder.workspace import Workspace
 
-
-class ItemRejected(Exception):
-    """Raised inside one item's work: the item is dropped with ``reason`` (a code) and ``detail``."""
-
-    def __init__(self, reason: str, detail: str, **extra: Any):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.extra = extra
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor
 
 
-def now_utc() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
-
-@dataclass
-class Rejection:
-    stage: str
-    item_id: str
-    reason: str
-    detail: str
-    source_id: str | None = None
-    person_id: str | None = None
-    at: str = field(default_factory=now_utc)
-
-    @property
-    def rejection_id(self) -> str:
-        key = f"{self.stage}\0{self.item_id}\0{self.reason}\0{self.source_id}\0{self.person_id}"
-        return "rej-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-
-    def row(self) -> dict[str, Any]:
-        return {"rejection_id": self.rejection_id, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Rejection":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+#: The name stages used before :class:`dsbuilder.errors.Rejected` moved to the ground floor.
+ItemRejected = Rejected
 
 
 @dataclass
@@ -70,6 +41,72 @@ class StageResult:
     def summary(self) -> dict[str, Any]:
         return {"stage": self.stage, "computed": self.computed, "cached": self.cached,
                 **{t: len(r) for t, r in self.rows.items()}, "rejections": len(self.rejections)}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of a stage's work: its cache ``key``, a ``name`` for logs and the progress bar, the
+    ``payload`` its compute function needs (ids, paths, rows: small and picklable), and its
+    ``weight`` on the progress bar (seconds of media)."""
+
+    key: str
+    name: str
+    payload: Any
+    weight: float = 0.0
+
+
+def run_items(stage: str, ws: Workspace, items: Sequence[WorkItem],
+              compute: Callable[[Any, Any], tuple[dict[str, Any], bool]], context: Any, *,
+              result: StageResult, force: bool = False, executor: "Executor | None" = None,
+              bar: Any = None, reusable: Callable[[dict[str, Any]], bool] | None = None,
+              ) -> dict[str, dict[str, Any]]:
+    """The one cache loop: every item's record, by key, taken from the cache or computed.
+
+    ``compute(context, payload) -> (record, cacheable)`` is a module-level function (it is sent to
+    worker processes by reference); it must not touch the cache. A record found in the cache is reused
+    unless ``force``, or unless ``reusable(record)`` says no (e.g. its clip files are gone). Computed
+    records are written here, in this process, as each item ends. An item whose work failed (a bug, a
+    worker that died, a transient failure retried to the end) gets ``{"at", "rejected": {"reason",
+    "detail"}}``, not cached: the next run tries it again. The stage builds its rows from the records
+    in its own item order, so the executor never changes the manifests.
+    """
+    from dsbuilder.executors import ExecutorConfig, LocalExecutor
+
+    executor = executor or LocalExecutor(ExecutorConfig())
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[WorkItem] = []
+    for it in items:
+        rec = None if force else ws.get_record(stage, it.key)
+        if rec is not None and (reusable is None or reusable(rec)):
+            records[it.key] = rec
+            result.cached += 1
+            if bar is not None:
+                bar.done(it.weight, it.name)
+        else:
+            todo.append(it)
+    if not todo:
+        return records
+    log = logging.getLogger(f"dsbuilder.stages.{stage}")
+    outcomes = executor.map(compute, context, [it.payload for it in todo])
+    in_order = executor.name == "local"
+    for k in range(len(todo)):
+        if in_order and bar is not None:  # this process computes todo[k] now: the bar follows it
+            bar.item(todo[k].weight, todo[k].name)
+        out = next(outcomes)
+        it = todo[out.index]
+        if out.ok:
+            rec, cacheable = out.value
+        else:
+            log.error("%s: %s: %s: %s", stage, it.name, out.reason, out.detail)
+            rec, cacheable = {"at": now_utc(), "rejected": {"reason": out.reason,
+                                                            "detail": out.detail}}, False
+        if cacheable:
+            ws.put_record(stage, it.key, rec)
+        records[it.key] = rec
+        result.computed += 1
+        if bar is not None and not in_order:
+            bar.done(it.weight, it.name)
+    return records
 
 
 def first_time(ws: Workspace, stage: str, what: str, params_hash: str, *,

@@ -43,24 +43,84 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from dsbuilder.face.candidates import (ANALYSIS_PARAMS, FaceCandidate, FrameFaces, PhotoError,
-                                       choose_face, quality_verdict)
+from dsbuilder.config import Param
+from dsbuilder.stages.spec import StageSpec
+from dsbuilder.errors import PhotoError
+from dsbuilder.face.candidates import (ANALYSIS_PARAMS, FaceCandidate, FrameFaces, choose_face,
+                                       quality_verdict)
 from dsbuilder.face.identity import fit_threshold, purify
 from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Person, Recipe, params_hash
-from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, first_time, now_utc, publish
+from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, first_time, now_utc, publish,
+                                   run_items)
 from dsbuilder.workspace import Workspace, item_key
+
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor
 
 log = logging.getLogger(__name__)
 
 STAGE = "dictionary"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help="Build each person's purified face dictionary and fit a match threshold.",
+    reads=('sources',),
+    writes=('faces_dictionary', 'people'),
+    code_version='1',
+    params={
+"detector": Param(str, "hog", "face detector for photos (cnn: dlib MMOD, slower, better on "
+                  "small and turned faces)", choices=("hog", "cnn")),
+"upsample": Param(int, 1, "times to upsample a photo before detection (finds smaller faces)",
+                  min=0, max=3),
+"max_side_px": Param(int, 1600, "photos are downscaled so their longer side is at most this",
+                     min=160),
+"min_det_score": Param((int, float), 0.3, "detections scoring lower are ignored (HOG SVM "
+                       "margin or MMOD confidence; dlib's own cut is 0; a mission patch on the "
+                       "bundled astronaut photo scores 0.12, real faces 0.8-2.8)", min=0.0),
+"min_face_px": Param(int, 60, "reject faces whose box is smaller (too_small)", min=8),
+"min_sharpness": Param((int, float), 25.0, "variance of the Laplacian of the face resized to "
+                       "128 px; below is blurry", min=0.0),
+"max_yaw_deg": Param((int, float), 45.0, "reject faces turned further (extreme_pose)",
+                     min=0.0, max=90.0),
+"dominance_ratio": Param((int, float), 2.5, "in a photo with several faces, keep the largest "
+                         "when its area is at least this many times the next one's", min=1.0),
+"jitters": Param(int, 1, "embedding re-samplings (dlib num_jitters); more is slower and "
+                 "steadier", min=0, max=100),
+"purification": Param(str, "chinese_whispers", "how the dominant identity is found",
+                      choices=("chinese_whispers", "agglomerative", "none")),
+"cluster_distance": Param((int, float), 0.6, "embedding distance that links two faces into "
+                          "one identity during purification (0.6: dlib's documented same-person "
+                          "threshold)", min=0.05, max=1.5),
+"threshold_cap": Param((int, float), 0.6, "a fitted match threshold is never above this",
+                       min=0.1, max=1.5),
+"target_far": Param((int, float), 0.001, "false-accept rate the fitted threshold aims for "
+                    "(estimated on impostor distances)", min=0.0, max=0.5),
+"min_photos": Param(int, 3, "with fewer kept photos, bootstrap faces from the person's "
+                    "videos (if bootstrap is on)", min=1),
+"bootstrap": Param(bool, True, "add high-confidence video faces when photos are few"),
+"bootstrap_max_distance": Param((int, float), 0.4, "a video face must be this close to the "
+                                "dictionary to be added", min=0.05, max=1.0),
+},
+    reasons={
+        'no_face': 'no face found in the photo',
+        'many_faces': 'several faces and none dominant (dominance_ratio)',
+        'too_small': 'the face box is smaller than min_face_px',
+        'blurry': 'the face is sharper than nothing: variance of the Laplacian below min_sharpness',
+        'extreme_pose': 'the face is turned further than max_yaw_deg',
+        'identity_outlier': "purification put the face outside the person's dominant identity",
+        'decode_error': 'the photo (or a bootstrap video) cannot be decoded or read',
+        'no_kept_face': 'the person has no kept reference face (the run exits with status 3)',
+    },
+    options=(),
+)
 
 #: Bootstrap sampling: at most this many frames per video, at least this interval between them.
 BOOTSTRAP_MAX_FRAMES = 30
@@ -119,15 +179,14 @@ class PersonDictionary:
 
 # --- the stage ------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> StageResult:
     """Build every recipe person's dictionary and threshold and publish the tables (module docstring).
 
     ``force`` re-analyses every photo and video. One bad photo or video never stops the run: it
     becomes a rejection row.
     """
-    from tqdm import tqdm
-
-    from dsbuilder.progress import QUIET
+    from dsbuilder.progress import media_bar
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -144,16 +203,21 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     photos = [r for r in ok if r["kind"] == "photo"]
     videos = [r for r in ok if r["kind"] == "video"]
 
-    records: dict[str, dict[str, Any]] = {}
-    for src in tqdm(photos, desc="dictionary", unit="photo", disable=not progress or QUIET):
-        records[src["source_id"]] = _photo_record(ws, src, params, ahash, force, result)
+    items = [WorkItem(item_key(src["sha256"] or src["source_id"], ahash, SPEC.code_version),
+                      src["source_id"], str(ws.abspath(src["local_path"]))
+                      if src["local_path"] else None, 1.0) for src in photos]
+    with media_bar("dictionary", len(items), unit="photo", enabled=progress) as bar:
+        by_key = run_items(STAGE, ws, items, _photo_compute, params, result=result, force=force,
+                           executor=executor, bar=bar)
+    records = {it.name: by_key[it.key] for it in items}
 
     dicts = [_person_from_photos(p, photos, records, params, wanted, result)
              for p in recipe.people]
-    _break_ties(dicts, photos, videos, records, params, wanted, ws, ahash, force, result)
+    videos_work = _VideoWork(ws, params, ahash, force, result, executor, progress)
+    _break_ties(dicts, photos, videos, records, params, wanted, videos_work, result)
 
     if params["bootstrap"]:
-        _bootstrap(dicts, videos, ws, params, ahash, force, progress, result)
+        _bootstrap(dicts, videos, params, videos_work, result)
 
     bundled = _bundled_embeddings(ws, params, force)
     people_rows = [_fit_person(d, dicts, bundled, params, phash, ws, force, result) for d in dicts]
@@ -174,46 +238,29 @@ def analyse_photo_file(path: str | Path, params: Mapping[str, Any] | None = None
     return analyse_photo(load_photo(path), params)
 
 
-def _photo_record(ws: Workspace, src: Mapping[str, Any], params: Mapping[str, Any], ahash: str,
-                  force: bool, result: StageResult) -> dict[str, Any]:
-    """The cached analysis of one photo: ``{"at", "faces": [...]}`` or ``{"at", "rejected": ...}``."""
-    key = item_key(src["sha256"] or src["source_id"], ahash, CODE_VERSIONS[STAGE])
-    record = None if force else ws.get_record(STAGE, key)
-    if record is not None:
-        result.cached += 1
-        return record
-    result.computed += 1
+def _photo_compute(params: Mapping[str, Any], path: str | None) -> tuple[dict[str, Any], bool]:
+    """One work item (runs in any executor): the analysis of one photo, ``{"at", "faces": [...]}``
+    or ``{"at", "rejected": ...}``, and whether to cache it."""
     at = now_utc()
-    path = ws.abspath(src["local_path"]) if src["local_path"] else None
-    cacheable = True
     try:
         if path is None:
             raise FileNotFoundError("the sources row has no local_path")
         faces = analyse_photo_file(path, params)
-        record = {"at": at, "faces": [c.record() for c in faces]}
-        log.info("dictionary: %s: %d face(s)", src["source_id"], len(faces))
+        log.info("dictionary: %s: %d face(s)", path, len(faces))
+        return {"at": at, "faces": [c.record() for c in faces]}, True
     except PhotoError as exc:
         log.warning("dictionary: %s rejected: %s: %s", path, exc.reason, exc.detail)
-        record = {"at": at, "rejected": {"reason": exc.reason, "detail": exc.detail}}
+        return {"at": at, "rejected": {"reason": exc.reason, "detail": exc.detail}}, True
     except OSError as exc:  # missing or unreadable: may be back next run, so not cached
         log.error("dictionary: cannot read %s: %s", path, exc)
-        record = {"at": at, "rejected": {"reason": "decode_error",
-                                         "detail": f"cannot read file: {exc}"}}
-        cacheable = False
-    except Exception as exc:  # noqa: BLE001 - one bad photo never stops the run
-        log.exception("dictionary: analysing %s failed", path)
-        record = {"at": at, "rejected": {"reason": "decode_error",
-                                         "detail": f"analysis failed: {type(exc).__name__}: {exc}"}}
-        cacheable = False
-    if cacheable:
-        ws.put_record(STAGE, key, record)
-    return record
+        return {"at": at, "rejected": {"reason": "decode_error",
+                                       "detail": f"cannot read file: {exc}"}}, False
 
 
 def _break_ties(dicts: list[PersonDictionary], photos: list[dict[str, Any]],
                 videos: list[dict[str, Any]], records: Mapping[str, dict[str, Any]],
-                params: Mapping[str, Any], wanted: set[str], ws: Workspace, ahash: str,
-                force: bool, result: StageResult) -> None:
+                params: Mapping[str, Any], wanted: set[str], videos_work: "_VideoWork",
+                result: StageResult) -> None:
     """Persons whose photos split into equal clusters: let their videos decide (module docstring)."""
     from dsbuilder.face.identity import decide_by_votes, video_votes
 
@@ -223,8 +270,9 @@ def _break_ties(dicts: list[PersonDictionary], photos: list[dict[str, Any]],
         if not d.ambiguous or not mine:
             continue
         frames: list[list[np.ndarray]] = []
+        recs = videos_work.records(mine, "dictionary tie-break")
         for v in mine:
-            rec = _video_record(ws, v, params, ahash, force, result)
+            rec = recs[v["source_id"]]
             for fr in rec.get("frames", []):
                 ff = FrameFaces.from_record(fr)
                 frames.append([c.embedding for c in ff.faces
@@ -327,11 +375,8 @@ def _person_from_photos(person: Person, photos: list[dict[str, Any]],
 
 # --- bootstrap from videos ------------------------------------------------------------------------
 
-def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]], ws: Workspace,
-               params: Mapping[str, Any], ahash: str, force: bool, progress: bool,
-               result: StageResult) -> None:
-    from dsbuilder.progress import over as progress_over
-
+def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]],
+               params: Mapping[str, Any], videos_work: "_VideoWork", result: StageResult) -> None:
     means = {d.person.id: d.mean for d in dicts if d.mean is not None}
     todo = []
     for d in dicts:
@@ -352,10 +397,7 @@ def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]], ws: 
         return
     need = sorted({v["source_id"] for v in videos for d in todo if d.person.id in v["person_ids"]})
     by_id = {v["source_id"]: v for v in videos}
-    frames: dict[str, list[FrameFaces] | dict[str, Any]] = {}
-    for sid in progress_over(need, "dictionary bootstrap",
-                             lambda s: float(by_id[s].get("duration") or 0), enabled=progress):
-        frames[sid] = _video_record(ws, by_id[sid], params, ahash, force, result)
+    frames = videos_work.records([by_id[sid] for sid in need], "dictionary bootstrap")
 
     bmax = float(params["bootstrap_max_distance"])
     for d in todo:
@@ -397,50 +439,67 @@ def _bootstrap(dicts: list[PersonDictionary], videos: list[dict[str, Any]], ws: 
                  len(d.kept) - added, added)
 
 
-def _video_record(ws: Workspace, src: Mapping[str, Any], params: Mapping[str, Any], ahash: str,
-                  force: bool, result: StageResult) -> dict[str, Any]:
-    """The cached faces of one video's sampled frames: ``{"at", "frames": [...]}`` or a rejection."""
+@dataclass
+class _VideoWork:
+    """Faces sampled from the people's videos (tie-breaks and bootstrap), one work item per video,
+    each computed at most once per run."""
+
+    ws: Workspace
+    params: Mapping[str, Any]
+    ahash: str
+    force: bool
+    result: StageResult
+    executor: Any
+    progress: bool
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def records(self, videos: list[Mapping[str, Any]], desc: str) -> dict[str, dict[str, Any]]:
+        from dsbuilder.progress import media_bar
+
+        items = []
+        for src in videos:
+            if src["source_id"] in self.done:
+                continue
+            duration = src.get("duration") or 0.0
+            interval = max(BOOTSTRAP_MIN_INTERVAL_S, float(duration) / BOOTSTRAP_MAX_FRAMES)
+            vhash = params_hash({"analysis": self.ahash, "interval_s": interval,
+                                 "max_frames": BOOTSTRAP_MAX_FRAMES})
+            key = item_key("bootstrap\0" + (src["sha256"] or src["source_id"]), vhash,
+                           SPEC.code_version)
+            path = str(self.ws.abspath(src["local_path"])) if src["local_path"] else None
+            items.append(WorkItem(key, src["source_id"], (path, interval), float(duration)))
+        with media_bar(desc, sum(it.weight for it in items), enabled=self.progress) as bar:
+            by_key = run_items(STAGE, self.ws, items, _video_compute, self.params,
+                               result=self.result, force=self.force, executor=self.executor,
+                               bar=bar)
+        self.done.update({it.name: by_key[it.key] for it in items})
+        return {src["source_id"]: self.done[src["source_id"]] for src in videos}
+
+
+def _video_compute(params: Mapping[str, Any], payload: tuple[str | None, float]
+                   ) -> tuple[dict[str, Any], bool]:
+    """One work item: the faces of one video's sampled frames, ``{"at", "frames": [...]}`` or a
+    rejection."""
     from dsbuilder.face.candidates import sample_video_faces
     from dsbuilder.media import MediaError
 
-    duration = src.get("duration") or 0.0
-    interval = max(BOOTSTRAP_MIN_INTERVAL_S, float(duration) / BOOTSTRAP_MAX_FRAMES)
-    vhash = params_hash({"analysis": ahash, "interval_s": interval,
-                         "max_frames": BOOTSTRAP_MAX_FRAMES})
-    key = item_key("bootstrap\0" + (src["sha256"] or src["source_id"]), vhash,
-                   CODE_VERSIONS[STAGE])
-    record = None if force else ws.get_record(STAGE, key)
-    if record is not None:
-        result.cached += 1
-        return record
-    result.computed += 1
+    path, interval = payload
     at = now_utc()
-    path = ws.abspath(src["local_path"]) if src["local_path"] else None
-    cacheable = True
     try:
         if path is None:
             raise FileNotFoundError("the sources row has no local_path")
         got = list(sample_video_faces(path, params, interval_s=interval,
                                       max_frames=BOOTSTRAP_MAX_FRAMES))
-        record = {"at": at, "frames": [f.record() for f in got]}
-        log.info("dictionary: bootstrap %s: %d frames sampled, %d faces", src["source_id"],
-                 len(got), sum(len(f.faces) for f in got))
+        log.info("dictionary: bootstrap %s: %d frames sampled, %d faces", path, len(got),
+                 sum(len(f.faces) for f in got))
+        return {"at": at, "frames": [f.record() for f in got]}, True
     except MediaError as exc:
         log.warning("dictionary: bootstrap %s rejected: %s: %s", path, exc.reason, exc.detail)
-        record = {"at": at, "rejected": {"reason": "decode_error", "detail": exc.detail}}
+        return {"at": at, "rejected": {"reason": "decode_error", "detail": exc.detail}}, True
     except OSError as exc:
         log.error("dictionary: cannot read %s: %s", path, exc)
-        record = {"at": at, "rejected": {"reason": "decode_error",
-                                         "detail": f"cannot read file: {exc}"}}
-        cacheable = False
-    except Exception as exc:  # noqa: BLE001 - one bad video never stops the run
-        log.exception("dictionary: bootstrap from %s failed", path)
-        record = {"at": at, "rejected": {"reason": "decode_error",
-                                         "detail": f"analysis failed: {type(exc).__name__}: {exc}"}}
-        cacheable = False
-    if cacheable:
-        ws.put_record(STAGE, key, record)
-    return record
+        return {"at": at, "rejected": {"reason": "decode_error",
+                                       "detail": f"cannot read file: {exc}"}}, False
 
 
 # --- impostors and thresholds ---------------------------------------------------------------------
@@ -461,7 +520,7 @@ def _bundled_embeddings(ws: Workspace, params: Mapping[str, Any], force: bool
             continue
         key = item_key(f"impostor\0{face.name}\0{digest}",
                        params_hash({"jitters": params["jitters"], "detector": face.detector,
-                                    "set": IMPOSTOR_SET_VERSION}), CODE_VERSIONS[STAGE])
+                                    "set": IMPOSTOR_SET_VERSION}), SPEC.code_version)
         record = None if force else ws.get_record(STAGE, key)
         if record is None:
             emb = bundled_embedding(face.name, int(params["jitters"]))

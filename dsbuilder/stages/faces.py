@@ -36,113 +36,90 @@ import hashlib
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from dsbuilder.config import Param
+from dsbuilder.stages.spec import CliOption, StageSpec
+from dsbuilder.face.matching import Dictionary, Identity, PersonRef  # noqa: F401 (re-exported)
 from dsbuilder.face.tracker import (FacesParams, RawTrack, ShotSpan, landmark_face_px,
                                     moving_average,
                                     smoothing_window)
 from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, media_record, publish
+from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, media_record, publish,
+                                   run_items)
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:  # annotations only: crops imports PyAV and OpenCV
+    from dsbuilder.executors import Executor
     from dsbuilder.face.crops import CropJob
 
 log = logging.getLogger(__name__)
 
 STAGE = "faces"
 
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help='Detect, track and recognise faces; write aligned crops of the targets only.',
+    reads=('sources', 'shots', 'faces_dictionary', 'people'),
+    writes=('tracks', 'frames'),
+    code_version='2',
+    params={
+"detector": Param(str, "blazeface", "face detector on video frames: blazeface (MediaPipe "
+                  "full-range, 5 ms a 360p frame, finds profiles and small faces; `dsbuilder "
+                  "models pull blazeface`), hog (dlib, frontal only), cnn (dlib MMOD, >2 s a "
+                  "360p frame: for photos, not video)", choices=("blazeface", "hog", "cnn")),
+"detect_fps": Param((int, float), 5.0, "detection rate; frames between are tracked",
+                    min=0.5, max=60.0),
+"detect_width": Param(int, 640, "frames are downscaled to this width for detection", min=160),
+"upsample_below_px": Param(int, 60, "tracked faces smaller than this (in the detection frame) "
+                           "are re-detected with one upsampling, in a region around each; whole "
+                           "frames are upsampled at a shot's start and every 2 s", min=0),
+"track_iou": Param((int, float), 0.3, "minimum IoU to continue a track", min=0.0, max=1.0),
+"max_gap_s": Param((int, float), 0.5, "a track with no detection for longer ends", min=0.0),
+"min_track_s": Param((int, float), 0.5, "shorter tracks are rejected (track_too_short)",
+                     min=0.0),
+"min_face_px": Param(int, 40, "tracks whose median face is smaller are rejected "
+                     "(face_too_small)", min=8),
+"max_yaw_deg": Param((int, float), 60.0, "tracks whose median yaw is larger are rejected "
+                     "(profile_pose)", min=0.0, max=90.0),
+"embed_samples": Param(int, 5, "embeddings per track for identification (median distance)",
+                       min=1, max=50),
+"match_threshold": Param((int, float), None, "override every person's fitted threshold",
+                         min=0.05, max=1.5, nullable=True),
+"smooth_s": Param((int, float), 0.2, "box smoothing window (seconds)", min=0.0),
+"crop_size": Param(int, 224, "side of the aligned face crop, pixels", min=32, max=1024),
+"crop_padding": Param((int, float), 0.35, "margin around the aligned face (dlib chip padding)",
+                      min=0.0, max=2.0),
+"audio_rate": Param(int, 16000, "sample rate of the wav beside each crop", min=8000,
+                    max=48000),
+},
+    reasons={
+        'not_target': 'the track is nobody in the recipe (or screened out early as a stranger); its pixels are never stored',
+        'track_too_short': 'the track is shorter than min_track_s',
+        'face_too_small': "the track's median face is smaller than min_face_px",
+        'profile_pose': "the track's median yaw is larger than max_yaw_deg",
+        'decode_error': 'the video cannot be decoded or read',
+        'no_dictionary': 'no recipe person has a kept dictionary face, so nothing can be recognised',
+    },
+    options=(
+        CliOption(("--show",), "Instead of running the stage, write a preview of VIDEO with boxes, "
+                  "names and distances drawn (non-targets pixelated), using the workspace's "
+                  "dictionary.", target="action", metavar="VIDEO", kind="file",
+                  action="dsbuilder.face.preview:cli_show"),
+        CliOption(("-o", "--output"), "--show: output file; default <workspace>/previews/.",
+                  target="action", kind="path"),
+    ),
+)
+
 #: Folder of the workspace that holds the clips.
 CLIPS_DIR = "clips"
 
 #: Tolerance for comparing durations with ``min_track_s`` (times are rationals as floats).
 _EPS = 1e-6
-
-
-# --- the dictionary ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PersonRef:
-    """One person's reference faces: kept dictionary embeddings and the fitted match threshold."""
-
-    person_id: str
-    embeddings: np.ndarray  # (n, 128) float32
-    threshold: float | None  # None: none fitted (usable only with the match_threshold override)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The outcome of identifying one track."""
-
-    person_id: str | None  # None: nobody in the recipe
-    distance: float | None  # median distance to the nearest person (person_id's when matched)
-    threshold: float | None  # the threshold that distance was judged by
-    second_person_id: str | None  # matched: the runner-up; not matched: the nearest person
-    second_distance: float | None
-
-
-@dataclass(frozen=True)
-class Dictionary:
-    """The reference faces of every recipe person, as the dictionary stage wrote them."""
-
-    people: tuple[PersonRef, ...]
-
-    @classmethod
-    def from_rows(cls, face_rows: Iterable[Mapping[str, Any]],
-                  people_rows: Iterable[Mapping[str, Any]]) -> "Dictionary":
-        """From ``faces_dictionary`` rows (only kept ones with an embedding count) and ``people``."""
-        thresholds = {r["person_id"]: r.get("threshold") for r in people_rows}
-        by_person: dict[str, list[tuple[str, np.ndarray]]] = {}
-        for r in face_rows:
-            if r.get("kept") and r.get("embedding") is not None:
-                by_person.setdefault(r["person_id"], []).append(
-                    (str(r.get("face_id", "")), np.asarray(r["embedding"], np.float32)))
-        people = []
-        for pid in sorted(by_person):
-            faces = sorted(by_person[pid], key=lambda f: f[0])
-            thr = thresholds.get(pid)
-            people.append(PersonRef(pid, np.stack([e for _, e in faces]),
-                                    None if thr is None else float(thr)))
-        return cls(tuple(people))
-
-    @classmethod
-    def from_workspace(cls, ws: Workspace) -> "Dictionary":
-        return cls.from_rows(read_table(ws, "faces_dictionary").to_pylist(),
-                             read_table(ws, "people").to_pylist())
-
-    def __len__(self) -> int:
-        return len(self.people)
-
-    def content_hash(self) -> str:
-        """Hash of what decides identities: person ids, embeddings and thresholds."""
-        h = hashlib.sha256()
-        for p in self.people:
-            h.update(p.person_id.encode() + b"\0")
-            h.update(np.ascontiguousarray(p.embeddings, "<f4").tobytes())
-            h.update(repr(p.threshold).encode() + b"\0")
-        return h.hexdigest()[:32]
-
-    def identify(self, embeddings: Sequence[np.ndarray], override: float | None = None) -> Identity:
-        """Median distance of ``embeddings`` to each person; the nearest person if within threshold."""
-        from dsbuilder.face import api
-
-        ranked = []
-        for p in self.people:
-            thr = override if override is not None else p.threshold
-            if thr is None or not len(p.embeddings):
-                continue
-            ranked.append((api.median_distance(list(embeddings), p.embeddings), p.person_id, thr))
-        ranked.sort()
-        if not ranked:
-            return Identity(None, None, None, None, None)
-        (d1, p1, t1), second = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-        if d1 <= t1:
-            return Identity(p1, d1, t1, second[1] if second else None, second[0] if second else None)
-        return Identity(None, d1, t1, p1, d1)
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -482,7 +459,8 @@ def process_video(path: str | Path, shots: Sequence[Any], dictionary: Dictionary
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> StageResult:
     """Track and identify faces in every kept video; write clips of kept tracks; publish ``tracks``
     and ``frames`` (and the stage's rejections). One bad video never stops the run."""
     from dsbuilder.progress import media_bar
@@ -503,42 +481,54 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     if not len(dictionary):
         log.warning("faces: the dictionary is empty; run the dictionary stage first")
 
+    items: list[WorkItem] = []
+    for src in videos:
+        source_id = src["source_id"]
+        if not len(dictionary):
+            result.rejections.append(Rejection(
+                stage=STAGE, item_id=source_id, reason="no_dictionary",
+                detail="no recipe person has a kept dictionary face", source_id=source_id))
+            continue
+        shots = sorted(shots_by_video.get(source_id, []), key=lambda r: r["start_frame"])
+        if not shots:
+            log.info("faces: %s has no kept shots; skipped", source_id)
+            continue
+        key = item_key(f"{src['sha256'] or source_id}\0{dict_hash}\0{_shots_hash(shots)}", phash,
+                       SPEC.code_version)
+        path = str(ws.abspath(src["local_path"])) if src["local_path"] else None
+        items.append(WorkItem(key, source_id, (path, source_id, shots),
+                              float(src.get("duration") or 0)))
+
+    context = (str(ws.root), dictionary, params)
+    with media_bar("faces", sum(it.weight for it in items), enabled=progress) as bar:
+        records = run_items(STAGE, ws, items, _compute, context, result=result, force=force,
+                            executor=executor, bar=bar,
+                            reusable=lambda rec: _files_present(ws, rec))
+
     track_rows: list[dict[str, Any]] = []
     frame_rows: list[dict[str, Any]] = []
-    with media_bar("faces", sum(float(v.get("duration") or 0) for v in videos),
-                   enabled=progress) as bar:
-        for src in videos:
-            bar.item(float(src.get("duration") or 0), src["source_id"])
-            source_id = src["source_id"]
-            if not len(dictionary):
-                result.rejections.append(Rejection(
-                    stage=STAGE, item_id=source_id, reason="no_dictionary",
-                    detail="no recipe person has a kept dictionary face", source_id=source_id))
-                continue
-            shots = sorted(shots_by_video.get(source_id, []), key=lambda r: r["start_frame"])
-            if not shots:
-                log.info("faces: %s has no kept shots; skipped", source_id)
-                continue
-            key = item_key(f"{src['sha256'] or source_id}\0{dict_hash}\0{_shots_hash(shots)}", phash,
-                           CODE_VERSIONS[STAGE])
-            record = None if force else ws.get_record(STAGE, key)
-            if record is not None and _files_present(ws, record):
-                result.cached += 1
-            else:
-                path = ws.abspath(src["local_path"]) if src["local_path"] else None
-                record, cacheable = _compute_record(ws, path, source_id, shots, dictionary, params)
-                if cacheable:
-                    ws.put_record(STAGE, key, record)
-                result.computed += 1
-                _return_freed_memory()
-            tracks, frames, rejections = _rows_from_record(record, source_id)
-            track_rows.extend(tracks)
-            frame_rows.extend(frames)
-            result.rejections.extend(rejections)
+    for it in items:
+        tracks, frames, rejections = _rows_from_record(records[it.key], it.name)
+        track_rows.extend(tracks)
+        frame_rows.extend(frames)
+        result.rejections.extend(rejections)
 
     _remove_unreferenced_clips(ws, clips, track_rows)
     result.rows = {"tracks": track_rows, "frames": frame_rows}
     return publish(ws, result)
+
+
+def _compute(context: tuple[str, Dictionary, Mapping[str, Any]],
+             payload: tuple[str | None, str, list[dict[str, Any]]]) -> tuple[dict[str, Any], bool]:
+    """One work item (runs in any executor): a video's tracks, its target clips written to the
+    workspace's ``clips/`` folder."""
+    root, dictionary, params = context
+    path, source_id, shots = payload
+    try:
+        return _compute_record(Workspace(Path(root)), Path(path) if path else None, source_id,
+                               shots, dictionary, params)
+    finally:
+        _return_freed_memory()
 
 
 def _return_freed_memory() -> None:

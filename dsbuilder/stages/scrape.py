@@ -54,12 +54,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Any, Iterable
 
+from dsbuilder.config import USER_AGENT, Param
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.errors import StageError
 from dsbuilder.fetch.common import (FetchFailed, HostRateLimiter, copy_hashing, file_matches,
                                     place_file, remove_tree, safe_ext, tool_versions, with_retries)
 from dsbuilder.fetch.licence import normalise_licence
 from dsbuilder.recipe import Recipe, SourceSpec, params_hash
-from dsbuilder.stages import CODE_VERSIONS
 from dsbuilder.stages.base import ItemRejected, Rejection, StageResult, now_utc, publish
 from dsbuilder.takedown import Takedowns, delete_files
 from dsbuilder.workspace import Workspace, atomic_write_json, item_key, sha256_file
@@ -69,6 +70,56 @@ __all__ = ["run", "normalise_licence", "source_id_for", "SOURCE_FIELDS"]
 log = logging.getLogger(__name__)
 
 STAGE = "scrape"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help="Fetch the recipe's photos and videos, with provenance.",
+    reads=(),
+    writes=('sources',),
+    code_version='1',
+    params={
+    "video_format": Param(
+        str, "best[height<=?720][acodec!=none]/best[height<=?720]",
+        "yt-dlp format selector (single-file formats: no ffmpeg merge is needed)"),
+    "require_audio": Param(bool, True, "reject videos without an audio stream"),
+    "timeout_s": Param((int, float), 60.0, "per-item timeout: connect/read and total", min=0.1),
+    "retries": Param(int, 3, "retries on timeouts and 5xx, with exponential backoff", min=0,
+                     max=20),
+    "backoff_s": Param((int, float), 1.0, "first backoff delay; doubles per retry", min=0.0),
+    "min_interval_s": Param((int, float), 1.0, "minimum delay between requests to one host",
+                            min=0.0),
+    "respect_robots": Param(bool, True, "honour robots.txt for HTTP photo fetching"),
+    "user_agent": Param(str, USER_AGENT, "User-Agent sent with every request"),
+    "min_photo_px": Param(int, 32, "reject photos whose shorter side is smaller", min=1),
+    "max_megapixels": Param((int, float), 40.0, "reject photos and videos with more pixels "
+                            "per picture (read from the header, before decoding: a small file "
+                            "can declare a huge image)", min=0.1, max=1000.0),
+},
+    reasons={
+        'http_error': 'the server answered 4xx/5xx (after retries for 5xx and 429)',
+        'timeout': 'no complete answer within timeout_s (connect, read and total), after retries',
+        'truncated': 'the body ended before its declared length',
+        'too_large': 'the file is larger than limits.max_filesize_mb, or a picture has more than max_megapixels',
+        'too_long': 'the video is longer than limits.max_duration_s',
+        'licence_not_allowed': "the source's licence is not in licences.allow",
+        'robots_disallowed': 'robots.txt disallows the URL for our user agent',
+        'unsupported_media': 'not a decodable image or video',
+        'no_audio': 'a video without an audio stream while require_audio is on',
+        'not_found': 'a local path or URL that does not exist (404, missing file)',
+        'duplicate': 'the same bytes (sha256) were already stored for this recipe',
+        'extract_error': 'yt-dlp could not list or extract the page, playlist or search',
+        'too_small': 'a photo whose shorter side is under min_photo_px',
+        'io_error': 'the file could not be read or written',
+        'taken_down': 'the source was taken down (dsbuilder takedown) and is never fetched again',
+        'connection_refused': 'the host refused the connection',
+        'dns_error': 'the host name does not resolve',
+        'outside_folder': "a listed folder's entry leaves the folder (symlink), is a dot-file or not a regular file",
+        'blocked_address': 'a redirect or page-found URL leads to a loopback, link-local or private address the recipe does not name',
+    },
+    options=(CliOption(("--retry-failed",), "Retry items that failed transiently before (timeouts, 5xx, "
+                      "truncated).", is_flag=True),),
+)
 
 #: Columns of a ``sources`` row that come from fetching (the rest: status, person_ids, request_ids,
 #: request, are decided when the table is assembled).
@@ -195,7 +246,7 @@ class _Scrape:
         self.retry_failed = retry_failed
         stage_params = recipe.stage_params(STAGE)
         self.params_hash = params_hash(stage_params)
-        self.code_version = CODE_VERSIONS[STAGE]
+        self.code_version = SPEC.code_version
         self.p = recipe.stages[STAGE]
         self.limits = recipe.limits
         self.max_bytes = int(float(self.limits["max_filesize_mb"]) * 1024 * 1024)
@@ -274,7 +325,7 @@ class _Scrape:
     @staticmethod
     def rejected(exc: ItemRejected) -> dict[str, Any]:
         return {"status": "rejected", "reason": exc.reason, "detail": exc.detail,
-                "transient": bool(exc.extra.get("transient")), "at": now_utc(),
+                "transient": bool(exc.transient), "at": now_utc(),
                 "source": exc.extra.get("source")}
 
     # --- 1. listing -------------------------------------------------------------------------

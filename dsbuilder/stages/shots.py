@@ -27,19 +27,54 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from dsbuilder.config import stage_defaults
+from dsbuilder.config import Param, stage_defaults
+from dsbuilder.stages.spec import StageSpec
 from dsbuilder.manifest.io import read_table
-from dsbuilder.media import MediaError
+from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, media_record, publish
+from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, media_record, publish,
+                                   run_items)
 from dsbuilder.workspace import Workspace, item_key
+
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor
 
 log = logging.getLogger(__name__)
 
 STAGE = "shots"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help='Split every scraped video into shots.',
+    reads=('sources',),
+    writes=('shots',),
+    code_version='2',
+    params={
+    # choices must match dsbuilder.shots_detectors.DETECTORS (tests/test_shots.py checks it)
+    "detector": Param(str, "adaptive", "shot-boundary detector (see dsbuilder/shots_detectors)",
+                      choices=("adaptive", "content")),
+    "threshold": Param((int, float), None,
+                       "detector threshold; null takes the detector's default "
+                       "(adaptive: ratio to neighbouring frames, 3.0; content: 27.0)",
+                       min=0.0, nullable=True),
+    "min_content_val": Param((int, float), 15.0,
+                             "adaptive only: minimum content change for a cut", min=0.0),
+    "min_shot_s": Param((int, float), 0.5, "shortest shot; shorter ones become rejections",
+                        min=0.0),
+    "downscale_width": Param(int, 320, "frames are resized to this width before detection "
+                             "(0 keeps full size)", min=0),
+},
+    reasons={
+        'no_video_stream': 'the file has no video stream (e.g. audio only)',
+        'decode_error': 'the video cannot be decoded; or, item <source_id>-damaged<k>, a damaged stretch whose frames are skipped',
+        'too_short': 'a shot shorter than min_shot_s',
+        'truncated': 'item <source_id>-tail: the file decodes clearly fewer frames than its container declares (a download cut short)',
+    },
+    options=(),
+)
 
 #: Frame rate assumed when the container states none (only converts ``min_shot_s`` to frames).
 FALLBACK_FPS = 25.0
@@ -189,7 +224,8 @@ def _video_rate_and_width(path: Path) -> tuple[float, int]:
 
 # --- the stage ------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> StageResult:
     """Detect shots in every kept video of the ``sources`` manifest and publish ``shots``.
 
     Each video's outcome (its shots, or why it was rejected) is a cache record keyed by the video's
@@ -209,36 +245,26 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     if not sources:
         log.warning("shots: the sources manifest is empty or missing; run the scrape stage first")
 
+    items = [WorkItem(key=item_key(src["sha256"] or src["source_id"], phash, SPEC.code_version),
+                      name=src["source_id"],
+                      payload=str(ws.abspath(src["local_path"])) if src["local_path"] else None,
+                      weight=float(src.get("duration") or 0)) for src in videos]
+    with media_bar("shots", sum(it.weight for it in items), enabled=progress) as bar:
+        records = run_items(STAGE, ws, items, _compute, params, result=result, force=force,
+                            executor=executor, bar=bar)
     shot_rows: list[dict[str, Any]] = []
-    with media_bar("shots", sum(float(v.get("duration") or 0) for v in videos),
-                   enabled=progress) as bar:
-        for src in videos:
-            bar.item(float(src.get("duration") or 0), src["source_id"])
-            shot_rows_, rejections_, computed = _video_shots(ws, src, params, phash, force)
-            shot_rows.extend(shot_rows_)
-            result.rejections.extend(rejections_)
-            result.computed += computed
-            result.cached += 1 - computed
-
+    for src, it in zip(videos, items):
+        rows, rejections = _rows_from_record(records[it.key], src["source_id"],
+                                             float(params["min_shot_s"]))
+        shot_rows.extend(rows)
+        result.rejections.extend(rejections)
     result.rows = {"shots": shot_rows}
     return publish(ws, result)
 
 
-def _video_shots(ws: Workspace, src: Mapping[str, Any], params: Mapping[str, Any], phash: str,
-                 force: bool) -> tuple[list[dict[str, Any]], list[Rejection], int]:
-    """One video's shot rows and rejections (from its cache record, or computed: then 1)."""
-    source_id = src["source_id"]
-    key = item_key(src["sha256"] or source_id, phash, CODE_VERSIONS[STAGE])
-    record = None if force else ws.get_record(STAGE, key)
-    computed = 0
-    if record is None:
-        path = ws.abspath(src["local_path"]) if src["local_path"] else None
-        record, cacheable = _compute_record(path, params)
-        if cacheable:
-            ws.put_record(STAGE, key, record)
-        computed = 1
-    rows, rejections = _rows_from_record(record, source_id, float(params["min_shot_s"]))
-    return rows, rejections, computed
+def _compute(params: Mapping[str, Any], path: str | None) -> tuple[dict[str, Any], bool]:
+    """One work item (runs in any executor): a video's cache record."""
+    return _compute_record(Path(path) if path else None, params)
 
 
 def _compute_record(path: Path | None, params: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:

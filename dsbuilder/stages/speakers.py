@@ -23,23 +23,102 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from dsbuilder.config import stage_defaults
+from dsbuilder.config import Param, stage_defaults
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.manifest.io import read_table
-from dsbuilder.media import MediaError
+from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
-from dsbuilder.speaker.asd import AsdInputError
-from dsbuilder.stages import CODE_VERSIONS
-from dsbuilder.stages.base import Rejection, StageResult, now_utc, publish
+from dsbuilder.errors import AsdInputError, StageError
+from dsbuilder.stages.base import Rejection, StageResult, WorkItem, now_utc, publish, run_items
 from dsbuilder.workspace import Workspace, item_key
+
+if TYPE_CHECKING:
+    from dsbuilder.executors import Executor
 
 log = logging.getLogger(__name__)
 
 STAGE = "speakers"
+
+#: The stage's contract (see :mod:`dsbuilder.stages.spec`).
+SPEC = StageSpec(
+    name=STAGE,
+    help='Find where target faces speak: VAD, lip-sync scoring and a voice check.',
+    reads=('sources', 'tracks', 'frames'),
+    writes=('speech', 'speaking_frames', 'vad_segments'),
+    code_version='2',
+    params={
+"vad": Param(str, "webrtc", "voice-activity detector (silero: the silero-vad wheel's ONNX model, "
+             "needs `pip install --no-deps silero-vad`)", choices=("webrtc", "silero")),
+"vad_aggressiveness": Param(int, 2, "WebRTC VAD mode (3 rejects the most non-speech)", min=0,
+                            max=3),
+"vad_frame_ms": Param(int, 30, "WebRTC VAD frame length", choices=(10, 20, 30)),
+"min_speech_s": Param((int, float), 0.1, "shorter VAD speech runs become non-speech", min=0.0),
+"min_silence_s": Param((int, float), 0.3, "shorter VAD pauses inside speech become speech",
+                       min=0.0),
+"window_s": Param((int, float), 0.8, "sync scoring window", min=0.2, max=5.0),
+"hop_s": Param((int, float), 0.2, "sync scoring hop", min=0.02, max=5.0),
+"search_offset_frames": Param(int, 15, "audio-visual offsets tried, frames either way", min=1,
+                              max=60),
+"max_yaw_deg": Param((int, float), 50.0, "frames turned further do not count (mouth not seen)",
+                     min=0.0, max=90.0),
+"min_vad_ratio": Param((int, float), 0.3, "gate: speech fraction of the span (else silent)",
+                       min=0.0, max=1.0),
+"min_confidence": Param((int, float), 0.15, "gate: sync confidence, median - min distance "
+                        "(0-2 scale; else not_speaking)", min=0.0, max=2.0),
+"max_av_offset": Param(int, 5, "gate: |audio-visual offset| in frames (else off_sync)", min=0),
+"min_valid_ratio": Param((int, float), 0.5, "gate: fraction of frames with a visible mouth",
+                         min=0.0, max=1.0),
+"min_mouth_motion": Param((int, float), 0.015, "gate: std of the frame-to-frame change of the "
+                          "inner-lip gap, in face heights (else not_speaking)", min=0.0),
+"smooth_frames": Param(int, 5, "median smoothing of per-frame speaking probabilities", min=1),
+"min_segment_s": Param((int, float), 0.5, "shorter speaking runs are not segments", min=0.0),
+"voice_embedder": Param(str, "auto", "speaker embedding (auto: resemblyzer if installed, else "
+                        "mfcc)", choices=("auto", "resemblyzer", "mfcc")),
+"voice_max_distance": Param((int, float), None, "cosine distance to the person's voice "
+                            "consensus above which a segment may be voice_mismatch (null: the "
+                            "embedder's default)", min=0.0, max=2.0, nullable=True),
+"voice_mad_k": Param((int, float), 3.0, "... and above median + k * MAD of the person's "
+                     "distances", min=0.0),
+"min_voice_segments": Param(int, 3, "no voice check for people with fewer speaking segments",
+                            min=2),
+"sync_model": Param(str, None, "ONNX sync model replacing the correlation scorer (see "
+                    "dsbuilder/speaker/sync.py OnnxSyncScorer)", nullable=True),
+"scorer": Param(str, "auto", "who decides: light-asd (the learned model; `dsbuilder models pull "
+                "light-asd`), correlation (mouth motion against the speech envelope, with its "
+                "gates), auto (light-asd when its weights are installed, else correlation, said "
+                "in the log and the report)", choices=("auto", "light-asd", "correlation")),
+"asd_chunk_s": Param((int, float), 4.0, "light-asd: the track is scored in one pass of chunks "
+                     "of at most this length", min=0.4, max=60.0),
+"asd_vad_gate": Param(bool, False, "light-asd: frames where the VAD hears no speech are not "
+                      "speaking"),
+"asd_offset_gate": Param(bool, True, "light-asd: also reject tracks whose mouth-motion / sound "
+                         "correlation peaks beyond max_av_offset (off_sync; measured in "
+                         "benchmarks/RESULTS.md: it removes a dubbed face the model accepts)"),
+},
+    reasons={
+        'no_audio': 'the track has no audio to score',
+        'silent': 'the VAD hears speech in less than min_vad_ratio of the segment',
+        'off_sync': 'mouth motion and sound correlate best beyond max_av_offset frames (dubbed or out of sync)',
+        'not_speaking': 'the active-speaker scorer says the face does not speak',
+        'voice_mismatch': "the voice is far from the person's voice consensus (someone else speaks)",
+        'decode_error': 'the face clip or audio cannot be decoded',
+        'too_short': 'the track is too short for the active-speaker model',
+    },
+    options=(
+        CliOption(("--show",), "Instead of running the stage, write a preview per kept track of "
+                  "VIDEO (a path or a source_id): its face clip and audio with the speaking score, "
+                  "VAD and speaking segments drawn. Needs a finished speakers run.",
+                  target="action", metavar="VIDEO", action="dsbuilder.speaker.preview:cli_show"),
+        CliOption(("-o", "--output"), "--show: output folder; default <workspace>/previews/.",
+                  target="action", kind="path"),
+    ),
+)
 
 
 def gates_from(p: Mapping[str, Any]):
@@ -233,35 +312,121 @@ def resolve_scorer(params: Mapping[str, Any]) -> tuple[Any, str]:
 
 
 def asd_logits(ws: Workspace, tr: Mapping[str, Any], times: np.ndarray, net: Any,
-               recipe: Recipe, params: Mapping[str, Any]) -> np.ndarray:
+               crop_size: int, crop_padding: float, params: Mapping[str, Any]) -> np.ndarray:
     """Light-ASD's speaking logit at each frame of a kept track, from its face clip and wav.
     Raises :class:`dsbuilder.speaker.asd.AsdInputError`."""
     from dsbuilder.speaker import asd
 
     if not tr.get("crop_path"):
         raise AsdInputError("decode_error", "the track has no face clip")
-    faces = recipe.stage_params("faces")
     x = asd.build_input(ws.abspath(tr["crop_path"]),
                         ws.abspath(tr["audio_path"]) if tr.get("audio_path") else None, times,
-                        float(tr["start_s"]), float(tr["end_s"]), size=int(faces["crop_size"]),
-                        padding=float(faces["crop_padding"]))
+                        float(tr["start_s"]), float(tr["end_s"]), size=crop_size,
+                        padding=crop_padding)
     logits = asd.score(net, x, float(params["asd_chunk_s"]))
     return asd.to_frames(x.times, logits, times)
 
 
-def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
-    """Score every kept target track of the ``tracks`` manifest and publish the speech tables."""
-    from dsbuilder.progress import over as progress_over
+@dataclass(frozen=True)
+class _TrackContext:
+    """What every track's work needs besides the track itself."""
 
-    from dsbuilder.audio import Segment, read_audio
+    ws: Workspace
+    params: Mapping[str, Any]
+    scorer_id: str  # "correlation", or Light-ASD's name and weights hash
+    crop_size: int
+    crop_padding: float
+
+
+_SCORERS: dict[str, Any] = {}  # per process: the Light-ASD runner, loaded once
+
+
+def _scorer(ctx: _TrackContext) -> Any:
+    if ctx.scorer_id == "correlation":
+        return None
+    if ctx.scorer_id not in _SCORERS:
+        net, got = resolve_scorer(ctx.params)
+        if got != ctx.scorer_id:  # the weights changed under us: a stage error, not a row
+            raise StageError(f"speakers: this worker cannot load {ctx.scorer_id} ({got})",
+                             "run `dsbuilder models pull light-asd` on every worker")
+        _SCORERS[ctx.scorer_id] = net
+    return _SCORERS[ctx.scorer_id]
+
+
+def _vad_compute(params: Mapping[str, Any], path: str | None) -> tuple[dict[str, Any], bool]:
+    """One work item: a video's VAD segments (``segments`` None when its audio cannot be read)."""
+    rec, cacheable = {"at": now_utc(), "segments": None}, True
+    try:
+        if path is None:
+            raise FileNotFoundError("no local_path")
+        rec["segments"] = [[s.start_s, s.end_s, s.speech] for s in video_vad(path, params)]
+    except MediaError as exc:
+        rec["error"] = f"{exc.reason}: {exc.detail}"
+    except OSError as exc:
+        rec["error"], cacheable = f"cannot read: {exc}", False
+    return rec, cacheable
+
+
+def _track_compute(ctx: _TrackContext, payload) -> tuple[dict[str, Any], bool]:
+    """One work item: a kept track's speaking record (scores per frame, segments, gates)."""
+    from dsbuilder.audio import AudioChunk, Segment, read_audio, vad_segments
+
+    tr, fr, src, vad = payload
+    ws, params, tid = ctx.ws, ctx.params, tr["track_id"]
+    rec: dict[str, Any] = {"at": now_utc()}
+    if not fr:
+        rec["rejected"] = {"reason": "not_speaking", "detail": "the track has no frames rows"}
+        return rec, True
+    times = np.array([f["t"] for f in fr])
+    fps = float(src.get("fps") or 0) or (1.0 / float(np.median(np.diff(times)))
+                                         if len(times) > 1 else 25.0)
+    audio, t0 = None, float(tr["start_s"])
+    try:
+        if tr.get("audio_path"):
+            audio, _ = read_audio(ws.abspath(tr["audio_path"]))
+        elif src.get("local_path"):
+            audio, t0 = read_audio(ws.abspath(src["local_path"]), start_s=tr["start_s"],
+                                   end_s=tr["end_s"])
+    except MediaError as exc:
+        log.info("speakers: %s: %s", tid, exc)
+        audio = None
+    except OSError as exc:
+        log.error("speakers: cannot read audio of %s: %s", tid, exc)
+        audio = None
+    vsegs = None if vad is None else [Segment(*v) for v in vad]
+    if vsegs is None and audio is not None and len(audio):
+        vsegs = vad_segments([AudioChunk(t0, audio, 16000)], method=params["vad"],
+                             frame_ms=int(params["vad_frame_ms"]),
+                             aggressiveness=int(params["vad_aggressiveness"]))
+    logits = None
+    net = _scorer(ctx)
+    if net is not None:
+        try:
+            logits = asd_logits(ws, tr, times, net, ctx.crop_size, ctx.crop_padding, params)
+        except AsdInputError as exc:
+            rec["rejected"] = {"reason": exc.reason, "detail": f"light-asd: {exc.detail}"}
+            return rec, True
+    rec.update(score_track(times, np.array([f["landmarks"] for f in fr], np.float32),
+                           np.array([np.nan if f["yaw"] is None else f["yaw"] for f in fr]),
+                           np.array([f["bbox"] for f in fr], np.float32), audio, t0, 16000,
+                           fps, vsegs or [], params, asd_logits=logits))
+    return rec, True
+
+
+def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True,
+        executor: Executor | None = None) -> StageResult:
+    """Score every kept target track of the ``tracks`` manifest and publish the speech tables."""
+    from dsbuilder.progress import media_bar
     from dsbuilder.speaker.voice import consensus_distances, load_embedder, voice_outliers
 
     params = recipe.stage_params(STAGE)
     phash = params_hash(params)
     result = StageResult(stage=STAGE, params_hash=phash)
-    version = CODE_VERSIONS[STAGE]
+    version = SPEC.code_version
 
     asd_net, scorer_id = resolve_scorer(params)
+    if asd_net is not None:
+        _SCORERS[scorer_id] = asd_net  # the local executor uses it; workers load their own
     tracks = [t for t in read_table(ws, "tracks").to_pylist() if t["kept"]]
     if not tracks:
         log.warning("speakers: no kept tracks; run the faces stage first")
@@ -271,94 +436,44 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
         by_track.setdefault(f["track_id"], []).append(f)
     sources = {r["source_id"]: r for r in read_table(ws, "sources").to_pylist()}
 
-    vad_rows: list[dict[str, Any]] = []
-    vad_by_source: dict[str, list[Segment] | None] = {}
+    vad_items = []
     for sid in sorted({t["source_id"] for t in tracks}):
         src = sources.get(sid, {})
-        key = item_key("vad\0" + (src.get("sha256") or sid), phash, version)
-        rec = None if force else ws.get_record(STAGE, key)
-        if rec is None:
-            path = ws.abspath(src["local_path"]) if src.get("local_path") else None
-            rec, cacheable = {"at": now_utc(), "segments": None}, True
-            try:
-                if path is None:
-                    raise FileNotFoundError("no local_path")
-                rec["segments"] = [[s.start_s, s.end_s, s.speech] for s in video_vad(path, params)]
-            except MediaError as exc:
-                rec["error"] = f"{exc.reason}: {exc.detail}"
-            except OSError as exc:
-                rec["error"], cacheable = f"cannot read: {exc}", False
-            if cacheable:
-                ws.put_record(STAGE, key, rec)
-            result.computed += 1
-        else:
-            result.cached += 1
-        segs = None if rec["segments"] is None else [Segment(*s) for s in rec["segments"]]
+        vad_items.append(WorkItem(item_key("vad\0" + (src.get("sha256") or sid), phash, version),
+                                  sid, str(ws.abspath(src["local_path"]))
+                                  if src.get("local_path") else None))
+    vad_records = run_items(STAGE, ws, vad_items, _vad_compute, params, result=result,
+                            force=force, executor=executor)
+    vad_rows: list[dict[str, Any]] = []
+    vad_by_source: dict[str, list[list] | None] = {}
+    for it in vad_items:
+        sid, segs = it.name, vad_records[it.key].get("segments")
         vad_by_source[sid] = segs
-        for i, s in enumerate(segs or []):
+        for i, (start_s, end_s, speech) in enumerate(segs or []):
             vad_rows.append({"vad_segment_id": f"{sid}-vad{i:05d}", "source_id": sid,
-                             "segment_index": i, "start_s": s.start_s, "end_s": s.end_s,
-                             "speech": s.speech, "method": params["vad"]})
+                             "segment_index": i, "start_s": start_s, "end_s": end_s,
+                             "speech": speech, "method": params["vad"]})
 
-    records: dict[str, dict[str, Any]] = {}
-    for tr in progress_over(sorted(tracks, key=lambda t: t["track_id"]), "speakers",
-                            lambda t: t["end_s"] - t["start_s"], enabled=progress):
+    items = []
+    for tr in sorted(tracks, key=lambda t: t["track_id"]):
         tid = tr["track_id"]
         fr = sorted(by_track.get(tid, []), key=lambda f: f["frame_index"])
         fingerprint = hashlib.sha256(json.dumps(
             [tid, tr.get("audio_sha256"), tr.get("crop_sha256"), scorer_id,
              [(f["frame_index"], f["t"]) for f in fr]]).encode()).hexdigest()
-        key = item_key(fingerprint, phash, version)
-        rec = None if force else ws.get_record(STAGE, key)
-        if rec is not None:
-            result.cached += 1
-            records[tid] = rec
-            continue
-        rec = {"at": now_utc()}
-        if not fr:
-            rec["rejected"] = {"reason": "not_speaking", "detail": "the track has no frames rows"}
-        else:
-            times = np.array([f["t"] for f in fr])
-            src = sources.get(tr["source_id"], {})
-            fps = float(src.get("fps") or 0) or (1.0 / float(np.median(np.diff(times)))
-                                                  if len(times) > 1 else 25.0)
-            audio, t0 = None, float(tr["start_s"])
-            try:
-                if tr.get("audio_path"):
-                    audio, _ = read_audio(ws.abspath(tr["audio_path"]))
-                    t0 = float(tr["start_s"])
-                elif src.get("local_path"):
-                    audio, t0 = read_audio(ws.abspath(src["local_path"]), start_s=tr["start_s"],
-                                           end_s=tr["end_s"])
-            except MediaError as exc:
-                log.info("speakers: %s: %s", tid, exc)
-                audio = None
-            except OSError as exc:
-                log.error("speakers: cannot read audio of %s: %s", tid, exc)
-                audio = None
-            vsegs = vad_by_source.get(tr["source_id"])
-            if vsegs is None and audio is not None and len(audio):
-                from dsbuilder.audio import AudioChunk, vad_segments
-
-                p = params
-                vsegs = vad_segments([AudioChunk(t0, audio, 16000)], method=p["vad"],
-                                     frame_ms=int(p["vad_frame_ms"]),
-                                     aggressiveness=int(p["vad_aggressiveness"]))
-            logits = None
-            if asd_net is not None:
-                try:
-                    logits = asd_logits(ws, tr, times, asd_net, recipe, params)
-                except AsdInputError as exc:
-                    rec["rejected"] = {"reason": exc.reason, "detail": f"light-asd: {exc.detail}"}
-            if "rejected" not in rec:
-                body = score_track(times, np.array([f["landmarks"] for f in fr], np.float32),
-                                   np.array([np.nan if f["yaw"] is None else f["yaw"] for f in fr]),
-                                   np.array([f["bbox"] for f in fr], np.float32), audio, t0, 16000,
-                                   fps, vsegs or [], params, asd_logits=logits)
-                rec.update(body)
-        ws.put_record(STAGE, key, rec)
-        result.computed += 1
-        records[tid] = rec
+        src = sources.get(tr["source_id"], {})
+        payload = (tr, fr, {"fps": src.get("fps"), "local_path": src.get("local_path")},
+                   vad_by_source.get(tr["source_id"]))
+        items.append(WorkItem(item_key(fingerprint, phash, version), tid, payload,
+                              float(tr["end_s"]) - float(tr["start_s"])))
+    faces = recipe.stages.get("faces") or stage_defaults("faces")  # where the clips' crops are cut
+    context = _TrackContext(ws=ws, params=params, scorer_id=scorer_id,
+                            crop_size=int(faces["crop_size"]),
+                            crop_padding=float(faces["crop_padding"]))
+    with media_bar("speakers", sum(it.weight for it in items), enabled=progress) as bar:
+        by_key = run_items(STAGE, ws, items, _track_compute, context, result=result, force=force,
+                           executor=executor, bar=bar)
+    records = {it.name: by_key[it.key] for it in items}
 
     # voice consensus per person over speaking segments with an embedding
     by_person: dict[str, list[tuple[str, int, list[float]]]] = {}
