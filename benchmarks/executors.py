@@ -8,8 +8,9 @@ made by :mod:`dsbuilder.synth` from the demo's public-domain portraits.
 
 Each configuration runs ``dsbuilder run`` in a fresh child process from an empty workspace, with
 ``SOURCE_DATE_EPOCH`` set, so the manifests must come out byte-identical (checked). A thread samples
-the RSS of every process under the child (every 0.1 s): the main process, pool workers, and Ray's
-workers and daemons (raylet, GCS), reported apart.
+the RSS of every process under the child (every 0.5 s): the main process, pool workers, and Ray's
+workers and daemons (raylet, GCS), reported apart. The "worker" count includes multiprocessing's
+resource tracker.
 
 Run: .venv/bin/python benchmarks/executors.py [--generated] [--configs local:1,process:2,ray:2]
 """
@@ -121,7 +122,7 @@ class RssSampler(threading.Thread):
                     continue
                 if rss > self.peak.get(pid, (0.0, ""))[0]:
                     self.peak[pid] = (rss, cmd)
-            time.sleep(0.1)
+            time.sleep(0.5)
 
 
 def classify(cmd: str) -> str:
@@ -161,11 +162,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--generated", action="store_true", help="synthetic videos, not ../shared")
     ap.add_argument("--configs", default="local:1,process:2,ray:2")
+    ap.add_argument("--keep", type=Path, help="keep the workspaces in this folder")
     args = ap.parse_args()
     from dsbuilder.media import probe
 
     with tempfile.TemporaryDirectory(prefix="dsb-exec-") as tmp:
-        tmp = Path(tmp)
+        tmp = args.keep or Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         if args.generated or not SHARED.is_dir():
             videos, photos = generated_batch(tmp)
             batch = "generated (8 videos from the demo's portraits)"

@@ -8,8 +8,9 @@ so the manifests do not depend on which executor ran, nor on the order items fin
 
 * ``local``: one item after the other, in this process (the default, and what a debugger wants).
 * ``process``: a pool of ``jobs`` worker processes on this machine (``spawn``: no inherited threads
-  or locks). The context is sent to each worker once; models are loaded once per worker (the stage's
-  loaders are cached per process). At most ``jobs`` items are in flight, so a worker that dies (out of
+  or locks), kept for the whole run: models are loaded once per worker (the stages' loaders are
+  cached per process). The context travels with each item (kilobytes: parameters, paths, the
+  dictionary's embeddings). At most ``jobs`` items are in flight, so a worker that dies (out of
   memory, a segfault in a native library) is blamed on the items that were running: they are retried
   on a fresh pool, each alone (so an innocent neighbour is not blamed twice), up to ``retries``
   times, then end as ``worker_lost`` rejections (not cached: a later run tries them again).
@@ -27,7 +28,9 @@ A :class:`~dsbuilder.errors.Rejected` with ``transient=True`` is retried like a 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -53,6 +56,7 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     attempts: int = 1
+    seconds: float | None = None  # compute time of the successful attempt
 
 
 @dataclass(frozen=True)
@@ -74,19 +78,43 @@ class ExecutorConfig:
 
 # --- what runs inside a worker ------------------------------------------------------------------
 
-_CONTEXT: Any = None  # the process pool's shared context, set once per worker
+_IN_WORKER = False  # set in pool and Ray workers
 
 
-def _init_worker(context: Any, threads: int) -> None:
-    global _CONTEXT
-    _CONTEXT = context
-    _limit_threads(threads)
+def pin_blas_threads() -> None:
+    """BLAS (OpenBLAS, MKL) runs on one thread in every process that computes items: the driver and
+    every worker, on any machine. A matrix product's float sums depend on how it is split between
+    threads, and the manifests must be the same bytes whichever executor (and node) ran: measured,
+    OpenBLAS with 1 thread instead of 2 changes voice distances in the 16th digit. Our products are
+    small; one thread costs nothing measurable. Torch sets its threads per model call
+    (:mod:`dsbuilder.torch_threads`), for the same reason."""
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # libraries loaded from now on
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1, user_api="blas")  # libraries already loaded
+    except ImportError:  # pragma: no cover - scikit-learn (a dependency) brings it
+        pass
+
+
+def cores() -> int:
+    """Cores this process may keep busy with threads of its own (frame decoding, detection running
+    ahead): all of them, or its share in a worker (``DSBUILDER_CORES``, set by the executor)."""
+    try:
+        return max(1, int(os.environ["DSBUILDER_CORES"]))
+    except (KeyError, ValueError):
+        return os.cpu_count() or 1
 
 
 def _limit_threads(threads: int) -> None:
-    """Native libraries in a worker use ``threads`` threads (cores / workers), not every core each."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    """Set up a worker for its share of the cores: ``threads`` (cores / workers) for FFmpeg's decoder
+    threads, detection threads (:func:`cores`) and OpenCV (all give the same results with any count),
+    BLAS pinned (:func:`pin_blas_threads`)."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    os.environ["DSBUILDER_CORES"] = str(threads)
+    pin_blas_threads()
     try:
         import cv2
 
@@ -95,11 +123,30 @@ def _limit_threads(threads: int) -> None:
         pass
 
 
+class _Relay(logging.Handler):
+    """Hands a worker's log record to the logger of the same name in this process."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _init_pool_worker(threads: int, log_queue: Any, level: int) -> None:
+    _limit_threads(threads)
+    root = logging.getLogger("dsbuilder")
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(level or logging.INFO)
+    root.propagate = False
+
+
 def _call(fn: Callable[[Any, Any], Any], context: Any, payload: Any) -> tuple[str, Any]:
     """Run one item; never raises: ``("ok", value)``, ``("transient", (reason, detail))``,
     ``("error", detail)`` or ``("raise", exception)`` for a stage that cannot run."""
+    if _IN_WORKER:
+        _maybe_die()
     try:
-        return "ok", fn(context, payload)
+        t0 = time.perf_counter()
+        value = fn(context, payload)
+        return "ok", (value, time.perf_counter() - t0)
     except Rejected as exc:
         if exc.transient:
             return "transient", (exc.reason, exc.detail)
@@ -126,11 +173,6 @@ def _maybe_die() -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _pool_call(fn: Callable[[Any, Any], Any], payload: Any) -> tuple[str, Any]:
-    _maybe_die()
-    return _call(fn, _CONTEXT, payload)
 
 
 # --- executors -----------------------------------------------------------------------------------
@@ -163,7 +205,8 @@ class Executor:
     def _outcome(self, index: int, status: str, value: Any, attempts: int) -> Outcome | None:
         """Turn a worker's answer into an Outcome; None means: try the item again."""
         if status == "ok":
-            return Outcome(index, True, value, attempts=attempts)
+            value, seconds = value
+            return Outcome(index, True, value, attempts=attempts, seconds=seconds)
         if status == "raise":
             raise value
         if status == "transient":
@@ -190,65 +233,92 @@ class LocalExecutor(Executor):
 
 
 class ProcessExecutor(Executor):
-    """A ``spawn`` process pool; at most ``jobs`` items in flight (so a dead worker is blamed on the
-    items that were running, not on queued ones)."""
+    """A ``spawn`` process pool kept for the whole run (models stay loaded in its workers from one
+    stage to the next); at most ``jobs`` items in flight, so that a dead worker is blamed on the items
+    that were running, not on queued ones."""
 
     name = "process"
 
+    def __init__(self, config: ExecutorConfig):
+        super().__init__(config)
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            ctx = mp.get_context("spawn")
+            # the workers' log records come back here, to this process's handlers (run.log)
+            self._log_queue = ctx.Queue()
+            self._listener = logging.handlers.QueueListener(self._log_queue, _Relay())
+            self._listener.start()
+            self._pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx,
+                                             initializer=_init_pool_worker,
+                                             initargs=(threads, self._log_queue,
+                                                       logging.getLogger("dsbuilder").level))
+        return self._pool
+
+    def _drop_pool(self, broken: bool) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=not broken, cancel_futures=True)
+            self._pool = None
+            self._listener.stop()
+
+    def close(self) -> None:
+        self._drop_pool(broken=False)
+
     def map(self, fn, context, payloads):
-        import multiprocessing as mp
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         pending = list(range(len(payloads)))[::-1]  # a stack: pop() takes the lowest index
         attempts = [0] * len(payloads)
         suspects: set[int] = set()
         while pending:
-            pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(context, threads))
+            pool = self._get_pool()
             running: dict[Any, int] = {}
             broken = False
-            try:
-                while pending or running:
-                    while pending and not broken and len(running) < self.jobs:
-                        i = pending[-1]
-                        # an item that was running when a worker died runs alone, so that the
-                        # next death is blamed on the right item
-                        if i in suspects and running or any(j in suspects for j in running.values()):
-                            break
-                        pending.pop()
-                        attempts[i] += 1
-                        running[pool.submit(_pool_call, fn, payloads[i])] = i
-                    if not running:
+            while pending or running:
+                while pending and not broken and len(running) < self.jobs:
+                    i = pending[-1]
+                    # an item that was running when a worker died runs alone, so that the next
+                    # death is blamed on the right item
+                    if i in suspects and running or any(j in suspects for j in running.values()):
                         break
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        i = running.pop(fut)
-                        try:
-                            status, value = fut.result()
-                        except BrokenProcessPool as exc:
-                            broken = True
-                            status, value = "lost", str(exc) or "a worker process died"
-                        if status == "lost":
-                            suspects.add(i)
-                            if attempts[i] <= self.config.retries:
-                                log.warning("item %d: its worker died; retrying on a new pool", i)
-                                pending.append(i)
-                            else:
-                                yield Outcome(i, False, reason="worker_lost",
-                                              detail=f"the worker died {attempts[i]} times "
-                                                     f"running it ({value})", attempts=attempts[i])
-                            continue
-                        out = self._outcome(i, status, value, attempts[i])
-                        if out is None:
+                    pending.pop()
+                    attempts[i] += 1
+                    running[pool.submit(_call, fn, context, payloads[i])] = i
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    try:
+                        status, value = fut.result()
+                    except BrokenProcessPool as exc:
+                        broken = True
+                        status, value = "lost", str(exc) or "a worker process died"
+                    if status == "lost":
+                        suspects.add(i)
+                        if attempts[i] <= self.config.retries:
+                            log.warning("item %d: its worker died; retrying on a new pool", i)
                             pending.append(i)
                         else:
-                            yield out
-                    if broken and not running:
-                        break  # a fresh pool for what is left
-            finally:
-                pool.shutdown(wait=not broken, cancel_futures=True)
+                            yield Outcome(i, False, reason="worker_lost",
+                                          detail=f"the worker died {attempts[i]} times running "
+                                                 f"it ({value})", attempts=attempts[i])
+                        continue
+                    out = self._outcome(i, status, value, attempts[i])
+                    if out is None:
+                        pending.append(i)
+                    else:
+                        yield out
+                if broken and not running:
+                    break
+            if broken:
+                self._drop_pool(broken=True)  # a fresh pool for what is left
 
 
 class RayExecutor(Executor):
@@ -319,10 +389,10 @@ class RayExecutor(Executor):
 
 def _ray_call(fn, context, payload, threads):
     _limit_threads(threads)
-    _maybe_die()
     return _call(fn, context, payload)
 
 
 def make_executor(config: ExecutorConfig | None = None) -> Executor:
     config = config or ExecutorConfig()
+    pin_blas_threads()  # in the driver too: the local executor computes here
     return {"local": LocalExecutor, "process": ProcessExecutor, "ray": RayExecutor}[config.kind](config)

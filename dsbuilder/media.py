@@ -7,6 +7,7 @@ video length, and times are right for variable-frame-rate input too.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +18,9 @@ from dsbuilder.errors import MediaError  # noqa: F401 (re-exported: media.MediaE
 from dsbuilder.progress import at_time
 
 log = logging.getLogger(__name__)
+
+#: Frame rate assumed when a container states none.
+FALLBACK_FPS = 25.0
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,20 @@ def decode_stream(container: Any, stream: Any, damage: list | None = None) -> It
         yield from frames
 
 
-def _open_video(path: str | Path) -> tuple[Any, Any]:
-    """An open container and its first video stream (decoded with FFmpeg's threads). Raises
-    :class:`MediaError` (``decode_error``, ``no_video_stream``)."""
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the decoders need to know of a video stream."""
+
+    width: int
+    height: int
+    fps: float
+    time_base: Any  # fractions.Fraction of the video stream
+    start_offset: float  # container start time, seconds (frame times are relative to it)
+
+
+def open_video(path: str | Path) -> tuple[Any, Any, VideoInfo]:
+    """An open container, its first video stream (decoded with FFmpeg's threads) and its
+    :class:`VideoInfo`. Raises :class:`MediaError` (``decode_error``, ``no_video_stream``)."""
     import av
 
     try:
@@ -164,7 +179,25 @@ def _open_video(path: str | Path) -> tuple[Any, Any]:
         raise MediaError("no_video_stream", "the file has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    return container, stream
+    if os.environ.get("DSBUILDER_CORES"):  # a worker's share of the cores (dsbuilder.executors)
+        stream.thread_count = int(os.environ["DSBUILDER_CORES"])
+    rate = stream.average_rate or stream.guessed_rate
+    # Times are on the container's timeline (0 = the file's start), as players show them: a video
+    # stream that starts 0.85 s after the audio has its first frame at t=0.85.
+    start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+    info = VideoInfo(width=stream.codec_context.width, height=stream.codec_context.height,
+                     fps=float(rate) if rate else FALLBACK_FPS, time_base=stream.time_base,
+                     start_offset=start)
+    return container, stream, info
+
+
+def frame_time(frame: Any, start_offset: float, last_t: float | None, step: float) -> float:
+    """The one timeline rule: a decoded frame's presentation time on the container's timeline
+    (seconds from the file's start); a frame without a timestamp gets the previous time plus one
+    nominal frame (``step``)."""
+    if frame.pts is not None and frame.time_base is not None:
+        return float(frame.pts * frame.time_base) - start_offset
+    return (last_t + step) if last_t is not None else 0.0
 
 
 def declared_frames(info: "MediaInfo") -> int | None:
@@ -189,24 +222,16 @@ def iter_frames(path: str | Path, width: int | None = None, max_frames: int | No
     """
     import av
 
-    container, stream = _open_video(path)
+    container, stream, info = open_video(path)
     with container:
-        rate = stream.average_rate or stream.guessed_rate
-        step = 1.0 / float(rate) if rate else 1 / 25
-        # Times are on the container's timeline (0 = the file's start), as players show them: a
-        # video stream that starts 0.85 s after the audio has its first frame at t=0.85.
-        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+        step = 1.0 / info.fps
         index = 0
         last_t = None
         # one scaler for the whole stream: frame.to_ndarray(width=...) would set up a new one per frame
         reformatter = av.video.reformatter.VideoReformatter()
         try:
             for frame in decode_stream(container, stream, damage):
-                if frame.pts is not None and frame.time_base is not None:
-                    t = float(frame.pts * frame.time_base) - start
-                else:
-                    t = (last_t + step) if last_t is not None else 0.0
-                last_t = t
+                t = last_t = frame_time(frame, info.start_offset, last_t, step)
                 if width and frame.width != width:
                     h = max(2, int(round(frame.height * width / frame.width / 2)) * 2)
                     img = reformatter.reformat(frame, width=width, height=h, format=fmt).to_ndarray()
@@ -238,10 +263,9 @@ def sample_frames(path: str | Path, times: list[float], fmt: str = "rgb24"
     """
     import av
 
-    container, stream = _open_video(path)
+    container, stream, info = open_video(path)
     with container:
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
-        start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
+        rate, start = info.fps, info.start_offset
         reformatter = av.video.reformatter.VideoReformatter()
         decoded = 0
         for want in times:
@@ -273,3 +297,64 @@ def sample_frames(path: str | Path, times: list[float], fmt: str = "rgb24"
             at_time(t)
         if not decoded and times:
             raise MediaError("decode_error", "no decodable video frame")
+
+
+# --- frames for the face tracker: decoded once, converted on demand ----------------------------
+
+class Frame:
+    """One decoded frame, converted on demand (grey for landmarks, RGB for face chips)."""
+
+    __slots__ = ("index", "t", "av_frame", "_gray", "_rgb", "_converters")
+
+    def __init__(self, index: int, t: float, av_frame: Any, converters: dict[str, Any]):
+        self.index = index
+        self.t = t
+        self.av_frame = av_frame
+        self._gray: np.ndarray | None = None
+        self._rgb: np.ndarray | None = None
+        self._converters = converters  # one FFmpeg scaler per conversion, reused for the whole video
+
+    def gray(self) -> np.ndarray:
+        if self._gray is None:
+            self._gray = luma(self.av_frame)
+            if self._gray is None:
+                self._gray = self._converters["gray"].reformat(self.av_frame,
+                                                               format="gray").to_ndarray()
+        return self._gray
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = self._converters["rgb"].reformat(self.av_frame, format="rgb24").to_ndarray()
+        return self._rgb
+
+    def for_detection(self, width: int, height: int, pixel_format: str) -> np.ndarray:
+        if pixel_format == "gray" and width == self.av_frame.width:
+            return self.gray()  # full size: the grey frame the landmarks use anyway
+        return self._converters["detect"].reformat(self.av_frame, width=width, height=height,
+                                                   format=pixel_format).to_ndarray()
+
+    def release(self) -> None:
+        self.av_frame = self._gray = self._rgb = None
+
+
+def iter_video(path: str | Path) -> Iterator[tuple[VideoInfo, Frame]]:
+    """Yield ``(info, Frame)`` for every decoded frame, streaming. Raises :class:`MediaError`."""
+    import av
+
+    container, stream, info = open_video(path)
+    converters = {k: av.video.reformatter.VideoReformatter() for k in ("gray", "rgb", "detect")}
+    step = 1.0 / info.fps
+    index, last_t = 0, None
+    with container:
+        try:
+            for av_frame in decode_stream(container, stream):
+                t = frame_time(av_frame, info.start_offset, last_t, step)
+                last_t = t
+                yield info, Frame(index, t, av_frame, converters)
+                at_time(t)
+                index += 1
+        except av.error.FFmpegError as exc:
+            where = "cannot decode" if index == 0 else f"decoding stopped at frame {index}"
+            raise MediaError("decode_error", f"{where}: {exc}") from None
+    if index == 0:
+        raise MediaError("decode_error", "no decodable video frame")

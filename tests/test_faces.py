@@ -464,8 +464,7 @@ def test_stage_rerun_is_cached_and_byte_identical(stage_ws, monkeypatch):
         raise AssertionError("a cached rerun must not decode")
 
     with monkeypatch.context() as m:
-        m.setattr("dsbuilder.face.tracker.open_video", no_decoding)
-        m.setattr("dsbuilder.face.crops.open_video", no_decoding)
+        m.setattr("dsbuilder.media.open_video", no_decoding)
         again = faces_stage.run(make_recipe(ws.root), ws, progress=False)
     # the unreadable video's rejection is cached too (the file is there, it just is not a video)
     assert (again.computed, again.cached) == (0, 2)

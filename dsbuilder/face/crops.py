@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dsbuilder.face.tracker import frame_time, open_video
+from dsbuilder import media
 from dsbuilder.media import MediaError, safe_decode
 from dsbuilder.workspace import atomic_path, sha256_file
 
@@ -349,7 +349,7 @@ def write_crops(source: str | Path, jobs: Sequence[CropJob], *, size: int, rate:
 def _write_group(source: Path, jobs: list[CropJob], size: int, rate: int) -> list[CropFiles]:
     import av
 
-    container, vstream, info = open_video(source)
+    container, vstream, info = media.open_video(source)
     with container, contextlib.ExitStack() as stack:
         astream = container.streams.audio[0] if container.streams.audio else None
         writers: list[_ClipWriter] = []
@@ -371,7 +371,7 @@ def _write_group(source: Path, jobs: list[CropJob], size: int, rate: int) -> lis
             for packet in container.demux(*streams):
                 for frame in safe_decode(packet):  # a damaged packet: no frame, not an error
                     if packet.stream is vstream:
-                        t = frame_time(frame, info.start_offset, last_t, step)
+                        t = media.frame_time(frame, info.start_offset, last_t, step)
                         last_t = t
                         targets = [w for w in writers if w.wants(t, tol) is not None]
                         if targets:

@@ -481,14 +481,20 @@ def chips_to_tensor(chips: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
 
 
+#: Torch threads for the embedding, whatever the process's default: a convolution's float sums
+#: depend on how its work is split between threads (1 and 2 threads differ in the last bit), and the
+#: manifests must not depend on the executor (a pool worker's default is 1 thread, this process's 2).
+EMBED_THREADS = 2
+
+
 def embed_chips(chips: np.ndarray, batch_size: int = 32, path: str | Path | None = None,
-                num_threads: int | None = None) -> np.ndarray:
+                num_threads: int = EMBED_THREADS) -> np.ndarray:
     """128-d descriptors of aligned face chips, as dlib's ``compute_face_descriptor(chip)`` gives.
 
     ``chips``: uint8 RGB (n, 150, 150, 3) from ``dlib.get_face_chip(img, shape5, size=150,
     padding=0.25)`` (a single (150, 150, 3) chip is accepted too). Returns float32 (n, 128). Runs in
     torch (the GIL is released during the computation), ``batch_size`` chips at a time, with
-    ``num_threads`` torch threads for the call when given (then restored)."""
+    ``num_threads`` torch threads for the call (then restored)."""
     import torch
 
     net = load_dlib_resnet(path)

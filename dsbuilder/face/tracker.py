@@ -50,7 +50,6 @@ How a video is processed:
 from __future__ import annotations
 
 import math
-import os
 from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,7 +59,8 @@ import numpy as np
 
 from dsbuilder.config import stage_defaults
 from dsbuilder.face import api
-from dsbuilder.media import MediaError, luma
+# the decoder (one timeline rule for every stage) lives in dsbuilder.media
+from dsbuilder.media import FALLBACK_FPS, Frame, VideoInfo, iter_video  # noqa: F401 (re-exported)
 
 #: Without a face smaller than ``upsample_below_px`` in sight, still upsample one detection this often
 #: (seconds), so that a small face entering mid-shot is found.
@@ -86,11 +86,12 @@ def detect_threads() -> int:
     """Measured on 2 cores (benchmarks/RESULTS.md, faces): while dlib's embeddings held the GIL in
     the main thread, it needed a core of its own and one detection thread was faster; with the torch
     embeddings (:mod:`dsbuilder.face.api`), two are (2.5 s against 2.9 s on the Hamilton clip)."""
+    from dsbuilder.executors import cores as available_cores
     from dsbuilder.face import api
 
     if DETECT_THREADS:
         return DETECT_THREADS
-    cores = os.cpu_count() or 2
+    cores = available_cores()
     return max(1, min(2, cores if api.torch_installed() else cores - 1))
 
 
@@ -110,10 +111,6 @@ DUPLICATE_IOU = 0.5
 LOOKAHEAD_S = 1.0
 #: ...but never hold more than this many bytes of decoded frames (4:2:0 frames: 1.5 bytes a pixel).
 LOOKAHEAD_BYTES = 64 << 20
-
-#: Frame rate assumed when the container states none.
-FALLBACK_FPS = 25.0
-
 
 # --- parameters and inputs -------------------------------------------------------------------------
 
@@ -218,109 +215,6 @@ DETECTORS: dict[str, DetectorSpec] = {
                         weak_score=WEAK_SCORE),
     "cnn": DetectorSpec("cnn", "rgb24", lambda img, up, th: api.detect(img, "cnn", up, th)),
 }
-
-
-# --- decoding --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class VideoInfo:
-    width: int
-    height: int
-    fps: float
-    time_base: Any  # fractions.Fraction of the video stream
-    start_offset: float  # container start time, seconds (frame times are relative to it)
-
-
-def frame_time(frame: Any, start_offset: float, last_t: float | None, step: float) -> float:
-    """A decoded frame's time on the container's timeline, exactly as
-    :func:`dsbuilder.media.iter_frames` computes it (a frame without a timestamp gets the previous
-    time plus one nominal frame)."""
-    if frame.pts is not None and frame.time_base is not None:
-        return float(frame.pts * frame.time_base) - start_offset
-    return (last_t + step) if last_t is not None else 0.0
-
-
-def open_video(path: str | Path):
-    """Open a video with PyAV: ``(container, stream, VideoInfo)``. Raises :class:`MediaError`."""
-    import av
-
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except av.error.FFmpegError as exc:
-        raise MediaError("decode_error", f"cannot open: {exc}") from None
-    if not container.streams.video:
-        container.close()
-        raise MediaError("decode_error", "the file has no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    rate = stream.average_rate or stream.guessed_rate
-    start = container.start_time / 1_000_000 if container.start_time is not None else 0.0
-    info = VideoInfo(width=stream.codec_context.width, height=stream.codec_context.height,
-                     fps=float(rate) if rate else FALLBACK_FPS, time_base=stream.time_base,
-                     start_offset=start)
-    return container, stream, info
-
-
-class Frame:
-    """One decoded frame, converted on demand (grey for landmarks, RGB for face chips)."""
-
-    __slots__ = ("index", "t", "av_frame", "_gray", "_rgb", "_converters")
-
-    def __init__(self, index: int, t: float, av_frame: Any, converters: dict[str, Any]):
-        self.index = index
-        self.t = t
-        self.av_frame = av_frame
-        self._gray: np.ndarray | None = None
-        self._rgb: np.ndarray | None = None
-        self._converters = converters  # one FFmpeg scaler per conversion, reused for the whole video
-
-    def gray(self) -> np.ndarray:
-        if self._gray is None:
-            self._gray = luma(self.av_frame)
-            if self._gray is None:
-                self._gray = self._converters["gray"].reformat(self.av_frame,
-                                                               format="gray").to_ndarray()
-        return self._gray
-
-    def rgb(self) -> np.ndarray:
-        if self._rgb is None:
-            self._rgb = self._converters["rgb"].reformat(self.av_frame, format="rgb24").to_ndarray()
-        return self._rgb
-
-    def for_detection(self, width: int, height: int, pixel_format: str) -> np.ndarray:
-        if pixel_format == "gray" and width == self.av_frame.width:
-            return self.gray()  # full size: the grey frame the landmarks use anyway
-        return self._converters["detect"].reformat(self.av_frame, width=width, height=height,
-                                                   format=pixel_format).to_ndarray()
-
-    def release(self) -> None:
-        self.av_frame = self._gray = self._rgb = None
-
-
-def iter_video(path: str | Path) -> Iterator[tuple[VideoInfo, Frame]]:
-    """Yield ``(info, Frame)`` for every decoded frame, streaming. Raises :class:`MediaError`."""
-    import av
-
-    from dsbuilder.media import decode_stream
-    from dsbuilder.progress import at_time
-
-    container, stream, info = open_video(path)
-    converters = {k: av.video.reformatter.VideoReformatter() for k in ("gray", "rgb", "detect")}
-    step = 1.0 / info.fps
-    index, last_t = 0, None
-    with container:
-        try:
-            for av_frame in decode_stream(container, stream):
-                t = frame_time(av_frame, info.start_offset, last_t, step)
-                last_t = t
-                yield info, Frame(index, t, av_frame, converters)
-                at_time(t)
-                index += 1
-        except av.error.FFmpegError as exc:
-            where = "cannot decode" if index == 0 else f"decoding stopped at frame {index}"
-            raise MediaError("decode_error", f"{where}: {exc}") from None
-    if index == 0:
-        raise MediaError("decode_error", "no decodable video frame")
 
 
 # --- boxes -----------------------------------------------------------------------------------------

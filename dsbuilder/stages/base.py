@@ -70,9 +70,9 @@ def run_items(stage: str, ws: Workspace, items: Sequence[WorkItem],
     "detail"}}``, not cached: the next run tries it again. The stage builds its rows from the records
     in its own item order, so the executor never changes the manifests.
     """
-    from dsbuilder.executors import ExecutorConfig, LocalExecutor
+    from dsbuilder.executors import ExecutorConfig, make_executor
 
-    executor = executor or LocalExecutor(ExecutorConfig())
+    executor = executor or make_executor(ExecutorConfig())
     records: dict[str, dict[str, Any]] = {}
     todo: list[WorkItem] = []
     for it in items:
@@ -87,8 +87,10 @@ def run_items(stage: str, ws: Workspace, items: Sequence[WorkItem],
     if not todo:
         return records
     log = logging.getLogger(f"dsbuilder.stages.{stage}")
-    outcomes = executor.map(compute, context, [it.payload for it in todo])
     in_order = executor.name == "local"
+    if not in_order:  # longest first, so that the last item to finish is a short one
+        todo.sort(key=lambda it: -it.weight)
+    outcomes = executor.map(compute, context, [it.payload for it in todo])
     for k in range(len(todo)):
         if in_order and bar is not None:  # this process computes todo[k] now: the bar follows it
             bar.item(todo[k].weight, todo[k].name)
@@ -96,6 +98,8 @@ def run_items(stage: str, ws: Workspace, items: Sequence[WorkItem],
         it = todo[out.index]
         if out.ok:
             rec, cacheable = out.value
+            log.info("%s: %s done in %.1f s%s", stage, it.name, out.seconds or 0.0,
+                     f" (attempt {out.attempts})" if out.attempts > 1 else "")
         else:
             log.error("%s: %s: %s: %s", stage, it.name, out.reason, out.detail)
             rec, cacheable = {"at": now_utc(), "rejected": {"reason": out.reason,

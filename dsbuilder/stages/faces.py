@@ -103,6 +103,7 @@ SPEC = StageSpec(
         'face_too_small': "the track's median face is smaller than min_face_px",
         'profile_pose': "the track's median yaw is larger than max_yaw_deg",
         'decode_error': 'the video cannot be decoded or read',
+        'no_video_stream': 'the file has no video stream',
         'no_dictionary': 'no recipe person has a kept dictionary face, so nothing can be recognised',
     },
     options=(
