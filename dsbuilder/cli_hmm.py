@@ -47,7 +47,7 @@ def _track_sequences(ws, person: str | None = None, track: str | None = None):
 
 
 def _aus(rows, baseline: str):
-    from dsbuilder.stages.label import geometric_track_aus
+    from dsbuilder.labels.clip import geometric_track_aus
 
     return geometric_track_aus(rows, baseline)  # clipped at 0: intensities above the neutral face
 
@@ -80,11 +80,11 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
     import numpy as np
 
     from dsbuilder.errors import DsbuilderError
-    from dsbuilder.labels import hmm as H
-    from dsbuilder.labels.au import AU_GEOM_NAMES
+    from dsbuilder.config import stage_defaults
+    from dsbuilder.labels.segments import frames_fps, hmm_model_path, hmm_segment_rows
     from dsbuilder.manifest.io import read_table, write_table
     from dsbuilder.recipe import params_hash
-    from dsbuilder.stages.label import frames_fps, hmm_model_path, hmm_segment_rows
+    from dsbuilder.stages.label import fit_person_hmm
     from dsbuilder.workspace import Workspace
 
     ws = Workspace.open(workspace)
@@ -94,9 +94,12 @@ def hmm_fit(workspace: Path, person: str, min_states: int, max_states: int, rest
                              "run the faces stage first, or check --person against the tracks table")
     fps = float(np.median([frames_fps(rows) for _, rows in seqs]))
     X = [_aus(rows, baseline) for _, rows in seqs]
-    model = H.fit(X, AU_GEOM_NAMES, fps=fps, n_states=(min_states, max_states), family=family,
-                  criterion=criterion, restarts=restarts, seed=seed)
-    mpath = H.save_model(model, hmm_model_path(ws.root, person))
+    # the label stage's own fitting and cache: the same sequences and settings give the same model
+    model, _ = fit_person_hmm(ws, person, X, fps, {
+        "hmm_min_states": min_states, "hmm_max_states": max_states, "hmm_restarts": restarts,
+        "hmm_family": family, "hmm_criterion": criterion, "hmm_seed": seed,
+        "hmm_min_frames": stage_defaults("label")["hmm_min_frames"]})
+    mpath = hmm_model_path(ws.root, person)
     phash = params_hash({"min_states": min_states, "max_states": max_states, "restarts": restarts,
                          "family": family, "criterion": criterion, "baseline": baseline,
                          "seed": seed, "features": "geometric", "min_segment_s": min_segment_s})
@@ -155,7 +158,7 @@ def hmm_sample(workspace: Path, person: str, seconds: float, fps: float | None, 
 
     from dsbuilder.errors import DsbuilderError
     from dsbuilder.labels import hmm as H
-    from dsbuilder.stages.label import hmm_model_path
+    from dsbuilder.labels.segments import hmm_model_path
     from dsbuilder.workspace import atomic_write_bytes
 
     mpath = hmm_model_path(workspace.resolve(), person)
@@ -225,7 +228,7 @@ def hmm_animate(csv_path: Path | None, workspace: Path | None, track: str | None
     from dsbuilder.errors import DsbuilderError
     from dsbuilder.labels.au import AU_GEOM_NAMES
     from dsbuilder.labels.schematic import animate
-    from dsbuilder.stages.label import frames_fps
+    from dsbuilder.labels.segments import frames_fps
     from dsbuilder.workspace import Workspace
 
     if output.suffix.lower() not in (".gif", ".mp4"):

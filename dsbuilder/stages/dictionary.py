@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from dsbuilder.config import Param
-from dsbuilder.stages.spec import StageSpec
 from dsbuilder.errors import PhotoError
 from dsbuilder.face.candidates import (ANALYSIS_PARAMS, FaceCandidate, FrameFaces, choose_face,
                                        quality_verdict)
@@ -59,6 +58,7 @@ from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Person, Recipe, params_hash
 from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, first_time, now_utc, publish,
                                    run_items)
+from dsbuilder.stages.spec import StageSpec
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from dsbuilder.config import Param
-from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.face.matching import Dictionary, Identity, PersonRef  # noqa: F401 (re-exported)
 from dsbuilder.face.tracker import (FacesParams, RawTrack, ShotSpan, landmark_face_px,
                                     moving_average,
@@ -50,6 +49,7 @@ from dsbuilder.manifest.io import read_table
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, media_record, publish,
                                    run_items)
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:  # annotations only: crops imports PyAV and OpenCV

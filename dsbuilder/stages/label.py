@@ -37,18 +37,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from dsbuilder.config import LABEL_FER_PARAMS, Param, stage_defaults
-from dsbuilder.stages.spec import CliOption, StageSpec
+from dsbuilder.config import LABEL_FER_PARAMS, Param
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table
-from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, first_time, media_record,
                                    publish, run_items)
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:
@@ -122,186 +121,15 @@ SPEC = StageSpec(
 )
 
 
-# --- one clip ---------------------------------------------------------------------------------------
+# --- library code (dsbuilder/labels), re-exported for older imports ------------------------------
 
-def crop_to_gray64(grey: np.ndarray, crop_fraction: float, size: int = 64) -> np.ndarray:
-    """The central ``crop_fraction`` of an aligned grey face crop, resized to ``size``×``size``."""
-    import cv2
-
-    h, w = grey.shape[:2]
-    ch, cw = max(1, int(round(h * crop_fraction))), max(1, int(round(w * crop_fraction)))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    face = grey[top:top + ch, left:left + cw]
-    return cv2.resize(face, (size, size), interpolation=cv2.INTER_AREA)
+from dsbuilder.labels.clip import (FER_TO_FACS, ClipAus, au_emotions, clip_aus,  # noqa: E402,F401
+                                   crop_to_gray64, find_au_csvs, geometric_track_aus, label_clip)
+from dsbuilder.labels.segments import (DECODE_ONLY, frames_fps, hmm_model_path,  # noqa: E402,F401
+                                       hmm_segment_rows)
 
 
-def _batches(path: Path, crop_fraction: float, size: int, batch_size: int
-             ) -> Iterator[tuple[list[int], np.ndarray]]:
-    from dsbuilder.media import iter_frames
-
-    idx: list[int] = []
-    faces: list[np.ndarray] = []
-    for index, _t, grey in iter_frames(path, fmt="gray"):
-        idx.append(index)
-        faces.append(crop_to_gray64(grey, crop_fraction, size))
-        if len(faces) >= batch_size:
-            yield idx, np.stack(faces)
-            idx, faces = [], []
-    if faces:
-        yield idx, np.stack(faces)
-
-
-def label_clip(path: str | Path, model, params: Mapping[str, Any] | None = None
-               ) -> tuple[list[int], np.ndarray]:
-    """Run the FER teacher on every frame of an aligned crop clip.
-
-    Returns ``(crop frame indices, (N, n_classes) probabilities)``. Raises
-    :class:`~dsbuilder.media.MediaError` (``decode_error``) when no frame decodes.
-    """
-    p = {**stage_defaults(STAGE), **(params or {})}
-    size = int(getattr(model, "input_size", 64))
-    all_idx: list[int] = []
-    all_probs: list[np.ndarray] = []
-    for idx, batch in _batches(Path(path), float(p["crop_fraction"]), size, int(p["batch_size"])):
-        all_idx.extend(idx)
-        all_probs.append(np.asarray(model.predict(batch), dtype=np.float32))
-    if not all_idx:
-        raise MediaError("decode_error", "no decodable frame in the crop clip")
-    return all_idx, np.concatenate(all_probs)
-
-
-# --- action units of one clip -----------------------------------------------------------------------
-
-#: FER class -> the FACS emotion it corresponds to (contempt has no FER class).
-FER_TO_FACS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
-               "sad": "sadness", "surprise": "surprise", "neutral": "neutral"}
-
-
-def geometric_track_aus(frames: list[Mapping[str, Any]], baseline: str = "median_shape"
-                        ) -> np.ndarray:
-    """Baseline-normalised geometric AU proxies ``(n, 14)`` of one track's ``frames`` rows (in the
-    given order; the baseline is taken over all of them). Degenerate shapes give NaN rows."""
-    from dsbuilder.labels.au import track_aus
-
-    lm = np.array([r["landmarks"] for r in frames], dtype=np.float64).reshape(-1, 68, 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return track_aus(lm, method=baseline)
-
-
-def au_emotions(values: np.ndarray, names, neutral_norm: float
-                ) -> tuple[np.ndarray, list[str]]:
-    """FACS emotion scores ``(n, 7)`` (facs.EMOTIONS order) and the nearest emotion per frame
-    (``"neutral"`` below ``neutral_norm``; NaN values count as absent)."""
-    from dsbuilder.labels.facs import EMOTIONS, emotion_score_matrix
-
-    vals = np.maximum(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0), 0.0)
-    _, scores = emotion_score_matrix(vals, names)
-    best = scores.argmax(axis=1)  # ties: the first emotion, as nearest_emotion does
-    norms = np.linalg.norm(vals, axis=1)
-    nearest = ["neutral" if n < neutral_norm else EMOTIONS[b] for n, b in zip(norms, best)]
-    return scores, nearest
-
-
-@dataclass
-class ClipAus:
-    """AU labels of one clip's labelled frames (row-aligned with them)."""
-
-    geom: np.ndarray  # (n, 14) geometric proxies, 0-1 above neutral
-    source: list[str]  # per frame: geom | openface | pyfeat
-    imported: np.ndarray | None  # (n, k) 0-1, NaN where the CSV has no row; None: no CSV
-    imported_names: tuple[str, ...] | None
-    scores: np.ndarray  # (n, 7) facs.EMOTIONS order
-    nearest: list[str]
-
-
-def clip_aus(frames: list[Mapping[str, Any]], keep: list[int], params: Mapping[str, Any],
-             au_table=None) -> ClipAus:
-    """AUs of a track: geometric proxies over all its ``frames`` (sorted by frame index), kept at the
-    positions ``keep``; an imported :class:`~dsbuilder.labels.au_import.AuTable` of the crop clip, when
-    given, is aligned by crop frame and scored where it has a row."""
-    from dsbuilder.labels.au import AU_GEOM_NAMES
-    from dsbuilder.labels.au_import import align_to_frames
-
-    geom = geometric_track_aus(frames, params["au_baseline"])[keep]
-    norm = float(params["au_neutral_norm"])
-    scores, nearest = au_emotions(geom, AU_GEOM_NAMES, norm)
-    source = ["geom"] * len(keep)
-    imported = names = None
-    if au_table is not None:
-        crop_frames = np.array([frames[i]["crop_frame"] for i in keep], dtype=np.int64)
-        aligned = align_to_frames(au_table, frame_indices=crop_frames)
-        imported, names = aligned.values / aligned.scale, tuple(aligned.au_names)
-        hit = np.asarray(aligned.success, dtype=bool)
-        if hit.any():
-            s_imp, n_imp = au_emotions(imported[hit], names, norm)
-            scores[hit] = s_imp
-            for j, i in enumerate(np.flatnonzero(hit)):
-                nearest[i] = n_imp[j]
-                source[i] = au_table.tool
-    return ClipAus(geom, source, imported, names, scores, nearest)
-
-
-def find_au_csvs(au_csv: str | None, track_ids) -> dict[str, Path]:
-    """``stages.label.au_csv`` (a folder of ``<track_id>.csv`` or one such file) -> {track_id: path}
-    for the given tracks."""
-    if not au_csv:
-        return {}
-    root = Path(au_csv)
-    files = [root] if root.is_file() else sorted(root.glob("*.csv"))
-    wanted = set(track_ids)
-    found = {f.stem: f for f in files if f.stem in wanted}
-    unused = [f.name for f in files if f.stem not in wanted]
-    if unused:
-        log.warning("label: %d AU CSV(s) match no labelled track (named <track_id>.csv?): %s",
-                    len(unused), ", ".join(unused[:5]))
-    return found
-
-
-# --- HMM segments -----------------------------------------------------------------------------------
-
-def frames_fps(frames: list[Mapping[str, Any]]) -> float:
-    """Frame rate of a track from its rows' times (median step; 25 when it cannot be told)."""
-    t = np.array([r["t"] for r in frames], dtype=np.float64)
-    dt = np.diff(t)
-    dt = dt[dt > 0]
-    return round(float(1.0 / np.median(dt)), 3) if len(dt) else 25.0
-
-
-#: HMM parameters that change the decoding only, not the fitted model (left out of its cache key).
-DECODE_ONLY = ("hmm_min_segment_s",)
-
-
-def hmm_segment_rows(model, track: Mapping[str, Any], frames: list[Mapping[str, Any]],
-                     x: np.ndarray, model_path: str, min_segment_s: float = 0.0
-                     ) -> list[dict[str, Any]]:
-    """Viterbi-decode one clip's AU sequence ``x`` (row-aligned with ``frames``, sorted by frame
-    index) into ``segments`` rows (times from the frames; the last segment ends one frame after its
-    last frame). Segments last at least ``min_segment_s`` (minimum-duration Viterbi at the model's
-    frame rate)."""
-    from dsbuilder.labels import hmm as H
-
-    rows = []
-    min_run = max(1, int(np.ceil(min_segment_s * model.fps - 1e-9)))
-    for k, seg in enumerate(H.segments(model, x, min_run)):
-        first, last = frames[seg.start], frames[seg.end - 1]
-        nxt = frames[seg.end] if seg.end < len(frames) else None
-        rows.append({
-            "segment_id": f"{track['track_id']}-h{k}", "track_id": track["track_id"],
-            "source_id": track["source_id"], "person_id": track["person_id"], "segment_index": k,
-            "start_frame": first["frame_index"],
-            "end_frame": nxt["frame_index"] if nxt else last["frame_index"] + 1,
-            "start_s": first["t"], "end_s": nxt["t"] if nxt else last["t"] + 1.0 / model.fps,
-            "n_frames": seg.end - seg.start, "state": seg.state, "n_states": model.n_states,
-            "family": model.family, "au_names": list(model.au_names),
-            "au_profile": list(seg.profile), "nearest_emotion": seg.emotion,
-            "emotion_score": seg.emotion_score, "model_path": model_path})
-    return rows
-
-
-def hmm_model_path(root: Path, person_id: str) -> Path:
-    """Where a person's HMM is saved, under the workspace ``root``."""
-    return Path(root) / "models" / "hmm" / f"{person_id}.json"
-
+# --- the HMM of a person, through the stage's cache ------------------------------------------------
 
 def fit_person_hmm(ws: Workspace, person_id: str, seqs: list[np.ndarray], fps: float,
                    params: Mapping[str, Any], force: bool = False) -> tuple[Any, bool]:

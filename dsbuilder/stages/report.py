@@ -40,13 +40,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from dsbuilder.config import STAGES, Param
-from dsbuilder.stages.spec import StageSpec
 from dsbuilder import __version__
 from dsbuilder.errors import StageError
 from dsbuilder.manifest.io import read_table, table_path
 from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import Rejection, StageResult, first_time, publish
+from dsbuilder.stages.spec import StageSpec
 from dsbuilder.workspace import Workspace, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def _clip_labels(part: Sequence[Mapping[str, Any]], track_labels: Mapping[str, A
     """A clip's own labels from its frames' rows: FER mean and agreement, V/A, AU emotion."""
     from dsbuilder.labels.fer import FER_CLASSES
     from dsbuilder.labels.va import entropy
-    from dsbuilder.stages.label import FER_TO_FACS
+    from dsbuilder.labels.clip import FER_TO_FACS
 
     out: dict[str, Any] = {"probs": None, "argmax": None, "argmax_prob": None, "entropy": None,
                            "agreement": None, "valence": None, "arousal": None,

@@ -55,7 +55,6 @@ from urllib.parse import urlsplit
 from typing import Any, Iterable
 
 from dsbuilder.config import USER_AGENT, Param
-from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.errors import StageError
 from dsbuilder.fetch.common import (FetchFailed, HostRateLimiter, copy_hashing, file_matches,
                                     place_file, remove_tree, safe_ext, tool_versions, with_retries)
@@ -63,6 +62,7 @@ from dsbuilder.fetch.licence import normalise_licence
 from dsbuilder.recipe import Recipe, SourceSpec, params_hash
 from dsbuilder.stages.base import ItemRejected, Rejection, StageResult, now_utc, publish
 from dsbuilder.takedown import Takedowns, delete_files
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.workspace import Workspace, atomic_write_json, item_key, sha256_file
 
 __all__ = ["run", "normalise_licence", "source_id_for", "SOURCE_FIELDS"]

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from dsbuilder.config import Param, stage_defaults
-from dsbuilder.stages.spec import StageSpec
 from dsbuilder.manifest.io import read_table
 from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import (Rejection, StageResult, WorkItem, media_record, publish,
                                    run_items)
+from dsbuilder.stages.spec import StageSpec
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:

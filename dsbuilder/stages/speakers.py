@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from dsbuilder.config import Param, stage_defaults
-from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.manifest.io import read_table
 from dsbuilder.errors import MediaError
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.errors import AsdInputError, StageError
 from dsbuilder.stages.base import Rejection, StageResult, WorkItem, now_utc, publish, run_items
+from dsbuilder.stages.spec import CliOption, StageSpec
 from dsbuilder.workspace import Workspace, item_key
 
 if TYPE_CHECKING:

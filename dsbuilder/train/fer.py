@@ -63,7 +63,7 @@ def load_frames(ws: Workspace, split: str, cfg: FerTrainConfig, crop_fraction: f
     """The labelled frames of the ``split`` clips, as the teacher saw them."""
     from dsbuilder.manifest.io import read_table
     from dsbuilder.media import iter_frames
-    from dsbuilder.stages.label import crop_to_gray64
+    from dsbuilder.labels.clip import crop_to_gray64
 
     clips = {c["clip_id"]: c for c in read_table(ws, "clips").to_pylist() if c["split"] == split}
     column = "fer_probs_smoothed" if cfg.target == "smoothed" else "fer_probs"
