@@ -47,12 +47,13 @@ def write_preview(video_path: str | Path, out_path: str | Path, ws_or_dictionary
     """Write an annotated copy of ``video_path`` to ``out_path``; return ``out_path``.
 
     ``ws_or_dictionary``: a :class:`~dsbuilder.workspace.Workspace` (its ``faces_dictionary`` and
-    ``people`` tables are read) or a :class:`~dsbuilder.stages.faces.Dictionary`. ``params``:
+    ``people`` tables are read) or a :class:`~dsbuilder.face.matching.Dictionary`. ``params``:
     ``stages.faces`` parameters (defaults fill the rest). Shots are detected with the default
     ``stages.shots`` parameters. Raises :class:`~dsbuilder.media.MediaError` for an unreadable video.
     """
-    from dsbuilder.stages.faces import Dictionary, analyse
-    from dsbuilder.stages.shots import detect_shots
+    from dsbuilder.face.matching import Dictionary
+    from dsbuilder.face.video import analyse
+    from dsbuilder.shots_detectors.video import detect_shots
 
     p = FacesParams.from_mapping(params)
     video_path, out_path = Path(video_path), Path(out_path)

