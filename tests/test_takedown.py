@@ -46,7 +46,7 @@ def test_a_source_taken_down_by_id_leaves_everything(ws_copy, monkeypatch):
     def no_fetch(*args, **kwargs):
         raise AssertionError("a taken-down source must not be fetched again")
 
-    monkeypatch.setattr("dsbuilder.stages.scrape._Scrape._video", no_fetch)
+    monkeypatch.setattr("dsbuilder.fetch.source.SourceFetcher.video", no_fetch)
     pipeline.run(recipe, ws, progress=False)
     row = next(s for s in read_table(ws, "sources").to_pylist() if s["source_id"] == sid)
     assert row["status"] == "rejected" and row["local_path"] is None
@@ -69,7 +69,7 @@ def test_a_source_taken_down_by_its_recipe_entry_is_not_fetched(ws_copy, monkeyp
     sources = read_table(ws, "sources").to_pylist()
     video = next(s for s in sources if s["kind"] == "video" and s["status"] == "ok")
     takedown.add(ws, video["request"], "licence withdrawn")
-    monkeypatch.setattr("dsbuilder.stages.scrape._Scrape._video",
+    monkeypatch.setattr("dsbuilder.fetch.source.SourceFetcher.video",
                         lambda *a, **k: pytest.fail("fetched a taken-down entry"))
     pipeline.run(recipe, ws, progress=False)
     row = next(s for s in read_table(ws, "sources").to_pylist()
