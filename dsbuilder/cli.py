@@ -452,11 +452,13 @@ def takedown(recipe: Path, what: str | None, workspace: Path | None, reason: str
                          ("did you mean: " + ", ".join(near)) if near else
                          "use a source_id, URL, page URL or media id from manifests/sources.parquet")
     t = td.add(ws, what, reason)
+    mentions = td.purge_mentions(ws)  # before the files: it reads the manifests' rows
     deleted = td.purge(ws)
     records = td.purge_records(ws)
-    click.echo(f"taken down: {t.match} ({t.detail}); deleted {len(deleted)} file(s) and "
-               f"{len(records)} cache record(s) made from it")
-    for path in deleted + records:
+    click.echo(f"taken down: {t.match} ({t.detail}); deleted {len(deleted)} file(s), "
+               f"{len(records)} cache record(s) made from it, and {len(mentions)} report, log "
+               "and model file(s) naming or fitted on it")
+    for path in deleted + records + mentions:
         click.echo(f"  deleted {path}")
     click.echo(f"next: dsbuilder run {recipe} (drops it from the manifests and the report)")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
@@ -132,6 +133,77 @@ def purge_records(ws: Workspace, takedowns: Takedowns | None = None) -> list[str
             path.unlink(missing_ok=True)
             gone.append(ws.relpath(path))
     return gone
+
+
+def _needles(ws: Workspace, takedowns: Takedowns) -> tuple[set[str], set[str]]:
+    """What names a taken-down source in text (its id, sha256, URLs, raw file names), and the
+    people whose tracks came from it."""
+    from dsbuilder.manifest.io import read_table
+
+    needles: set[str] = set()
+    sids = set()
+    for r in read_table(ws, "sources").to_pylist():
+        if takedowns.of(r.get("request"), r):
+            sids.add(r["source_id"])
+            needles |= {v for v in (r["source_id"], r.get("sha256"), r.get("url"),
+                                    r.get("webpage_url"), r.get("request"),
+                                    Path(r["local_path"]).name if r.get("local_path") else None)
+                        if v and len(v) > 8}
+    people = {t["person_id"] for t in read_table(ws, "tracks").to_pylist()
+              if t["source_id"] in sids and t.get("person_id")}
+    return needles, people
+
+
+def purge_mentions(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
+    """Delete what names or was made from a taken-down source outside the cache: report files that
+    mention it (report.html, report.json, the dataset card, Croissant; the next run writes them
+    again), its lines in ``logs/run.log`` (rewritten without them), and the HMMs of the people it
+    had tracks of (``models/hmm/<person>.json`` and the label stage's HMM records: refitted on the
+    next run without it). Returns what was deleted or rewritten, workspace-relative."""
+    from dsbuilder.workspace import atomic_write_bytes
+
+    takedowns = takedowns if takedowns is not None else Takedowns.load(ws)
+    if not takedowns:
+        return []
+    needles, people = _needles(ws, takedowns)
+    if not needles:
+        return []
+    done = []
+    report = ws.root / "report"
+    for path in sorted(report.rglob("*")) if report.is_dir() else []:
+        if not path.is_file():
+            continue
+        named = any(n in path.name for n in needles)
+        if not named and path.suffix in (".html", ".json", ".md", ".csv", ".txt", ".svg"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            named = any(n in text for n in needles)
+        if named:
+            path.unlink()
+            done.append(ws.relpath(path))
+    log_path = ws.logs / "run.log"
+    if log_path.is_file():
+        lines = log_path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=True)
+        kept = [ln for ln in lines if not any(n in ln for n in needles)]
+        if len(kept) != len(lines):
+            atomic_write_bytes(log_path, "".join(kept).encode("utf-8"))
+            done.append(f"{ws.relpath(log_path)} ({len(lines) - len(kept)} line(s) removed)")
+    for pid in sorted(people):
+        model = ws.root / "models" / "hmm" / f"{pid}.json"
+        if model.is_file():
+            model.unlink()
+            done.append(ws.relpath(model))
+    if people:  # an HMM record holds a model fitted on every clip of its person
+        for rec in sorted((ws.cache / "label").glob("*.json")):
+            try:
+                data = json.loads(rec.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not (isinstance(data, dict) and isinstance(data.get("model"), dict)):
+                continue  # not an HMM (FER records name their track: purge_records finds them)
+            if data.get("person_id", None) in people or "person_id" not in data:
+                rec.unlink()  # (records written before they named their person: all of them)
+                done.append(ws.relpath(rec))
+    return done
 
 
 def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:

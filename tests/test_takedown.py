@@ -88,6 +88,12 @@ def test_cli_takedown(ws_copy):
     r = run_cli("takedown", str(recipe.path), sid[:-1] + "x", "-w", str(ws.root), "--reason", "x")
     assert r.returncode == 2 and "names no source" in r.stderr and sid in r.stderr, r.stderr
     assert not (ws.root / "takedowns.json").exists()
+    log = ws.logs / "run.log"
+    log.write_text(f"INFO kept line\nINFO faces: {sid} done in 1.0 s\nINFO another kept line\n")
+    report_files = {p.name for p in (ws.root / "report").iterdir()}
+    assert "report.json" in report_files and sid in (ws.root / "report" / "report.json").read_text()
+    hmm_models = sorted((ws.root / "models" / "hmm").glob("*.json"))
+    assert hmm_models  # the demo person's HMM, fitted on the source's clips among others
     records_before = {p for p in ws.cache.rglob("*.json")}
     mention = {p for p in records_before if sid in p.read_text()}
     assert mention  # the faces, shots, scrape... records of the source
@@ -98,5 +104,12 @@ def test_cli_takedown(ws_copy):
     left = {p for p in ws.cache.rglob("*.json") if sid in p.read_text()}
     assert all(p.relative_to(ws.cache).parts[0] == "scrape" for p in left)
     assert all(not p.exists() for p in mention - left)
+    # nothing outside the cache names it or was fitted on it: report, log lines, HMMs
+    assert not (ws.root / "report" / "report.json").exists() and "report/report.json" in r.stdout
+    assert not any(sid in p.read_text(errors="replace") for p in (ws.root / "report").rglob("*")
+                   if p.is_file() and p.suffix in (".html", ".json", ".md"))
+    assert log.read_text() == "INFO kept line\nINFO another kept line\n"
+    assert not any(p.exists() for p in hmm_models)
+    assert not [p for p in (ws.cache / "label").glob("*.json") if '"model": {' in p.read_text()]
     r = run_cli("takedown", str(recipe.path), "-w", str(ws.root), "--list")
     assert sid in r.stdout and "owner request" in r.stdout

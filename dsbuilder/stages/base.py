@@ -105,6 +105,9 @@ def run_items(stage: str, ws: Workspace, items: Sequence[WorkItem],
             rec, cacheable = {"at": now_utc(), "rejected": {"reason": out.reason,
                                                             "detail": out.detail}}, False
         if cacheable:
+            # every record names its item (a source id, or an id made from one), so that a takedown
+            # finds what was derived from a source (dsbuilder.takedown.purge_records)
+            rec.setdefault("item", it.name)
             ws.put_record(stage, it.key, rec)
         records[it.key] = rec
         result.computed += 1

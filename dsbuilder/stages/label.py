@@ -155,7 +155,7 @@ def fit_person_hmm(ws: Workspace, person_id: str, seqs: list[np.ndarray], fps: f
                       n_states=(int(hp["hmm_min_states"]), int(hp["hmm_max_states"])),
                       family=hp["hmm_family"], criterion=hp["hmm_criterion"],
                       restarts=int(hp["hmm_restarts"]), seed=int(hp["hmm_seed"]))
-        record = {"model": H.model_to_dict(model)}
+        record = {"model": H.model_to_dict(model), "person_id": person_id}
         ws.put_record(STAGE, key, record)
     model = H.model_from_dict(record["model"])
     atomic_write_bytes(hmm_model_path(ws.root, person_id),
