@@ -319,7 +319,7 @@ def test_real_track_changing_expression_gives_clips_with_different_labels(shared
 
 @pytest.mark.parametrize("tamper", ["append_bytes", "swap_clip", "delete_wav", "escape_path",
                                     "delete_row", "change_label", "change_split", "crop_sha",
-                                    "corrupt_page"])
+                                    "corrupt_page", "delete_frame_row", "delete_rejection"])
 def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
     """Each tampering of the training view is named by `manifest validate` (issue 14)."""
     import shutil
@@ -365,6 +365,13 @@ def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
         t = next(t for t in tracks if t["track_id"] == c["track_id"])
         t["crop_sha256"] = "0" * 64
         rewrite("tracks", tracks)
+    elif tamper in ("delete_frame_row", "delete_rejection"):
+        table = "frames" if tamper == "delete_frame_row" else "rejections"
+        p = table_path(ws, table)
+        if p.is_dir():  # rejections: one part per stage
+            p = next(f for f in sorted(p.glob("*.parquet")) if pq.read_metadata(f).num_rows)
+        rows = pq.read_table(p).to_pylist()
+        pq.write_table(pa.Table.from_pylist(rows[1:], schema=pq.read_schema(p)), p)
     elif tamper == "corrupt_page":
         data = bytearray(path.read_bytes())
         data[8:40] = bytes(32)  # the first column chunk's page

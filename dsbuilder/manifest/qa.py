@@ -7,6 +7,7 @@ recorded sha256. Every message names the table and the item id.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -143,7 +144,23 @@ def validate(ws: Workspace, check_hashes: bool = True) -> tuple[list[str], dict[
                 problems.append(f"shots {b['shot_id']}: overlaps {a['shot_id']}")
 
     _check_tracks_and_clips(ws, tables, problems, check_hashes)
+    _check_row_counts(ws, tables, problems)
     return problems, {t: len(r) for t, r in tables.items()}
+
+
+def _check_row_counts(ws: Workspace, tables: dict[str, list[dict[str, Any]]],
+                      problems: list[str]) -> None:
+    """Every table has the rows the last run's report counted (``report.json`` ``table_rows``)."""
+    path = ws.root / "report" / "report.json"
+    try:
+        counted = json.loads(path.read_text(encoding="utf-8")).get("table_rows") or {}
+    except (OSError, ValueError):
+        return  # no report yet (or one from before it counted rows): nothing to compare with
+    for table, n in sorted(counted.items()):
+        if table in tables and len(tables[table]) != n:
+            problems.append(f"{table}: {len(tables[table])} rows, but the last run's report counted "
+                            f"{n}: a row was deleted or added after it (or a stage was rerun "
+                            "alone: rerun `dsbuilder run RECIPE`)")
 
 
 def _check_tracks_and_clips(ws: Workspace, tables: dict[str, list[dict[str, Any]]],

@@ -662,6 +662,25 @@ READ_TABLES = ("sources", "people", "tracks", "speech", "label_clips", "rejectio
 COUNTED_TABLES = ("shots", "labels", "segments")
 
 
+def table_rows(ws: Workspace, tables: dict[str, list[dict[str, Any]]], sizes: dict[str, int],
+               clips: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows of every manifest table as this run leaves them: ``manifest validate`` compares them
+    with the tables (a row deleted or added afterwards, by hand or by a stage rerun alone)."""
+    from dsbuilder.manifest.schema import schemas
+
+    rows = {}
+    for name in schemas():
+        if name == "clips":
+            rows[name] = len(clips)
+        elif name in tables:
+            rows[name] = len(tables[name])
+        elif name in sizes:
+            rows[name] = sizes[name]
+        else:
+            rows[name] = read_table(ws, name).num_rows
+    return rows
+
+
 def read_labels(ws: Workspace) -> list[dict[str, Any]]:
     """The per-frame label columns the clips are cut and labelled from."""
     table = read_table(ws, "labels")
@@ -700,6 +719,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     tables["rejections"] = [r for r in tables["rejections"] if r["stage"] != STAGE] + [
         r.row() for r in result.rejections]  # this run's decisions, not the last run's
     report = build_report(recipe, tables, sizes, clips, params, int(params["examples_per_reason"]))
+    report["table_rows"] = table_rows(ws, tables, sizes, clips)
     report["review"] = {"file": params["review"], "accepted": sum(c["review"] == "accepted"
                                                                   for c in clips),
                         "rejected": len(result.rejections), "not_clips": unknown}
