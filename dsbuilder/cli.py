@@ -310,7 +310,9 @@ def manifest() -> None:
 
 @manifest.command("validate")
 @click.argument("workspace", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--no-hash", is_flag=True, help="Skip re-hashing referenced files (faster).")
+@click.option("--no-hash", "--quick", "no_hash", is_flag=True,
+              help="Skip re-hashing referenced files (faster; their existence and everything "
+                   "else are still checked).")
 def manifest_validate(workspace: Path, no_hash: bool) -> None:
     """Check schemas, ids, referential integrity and every referenced file's sha256."""
     from dsbuilder.manifest.qa import validate

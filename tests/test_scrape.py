@@ -532,6 +532,19 @@ def test_trickling_server_refused_port_and_unknown_host_have_their_own_reasons()
             client.download(srv.url("/drip.jpg"), tempfile.mkdtemp())
         assert err.value.reason == "timeout" and err.value.transient
         assert time.perf_counter() - t < 6
+    # the same through yt-dlp: a video page trickled 2 bytes a second does not hold the listing
+    from dsbuilder.fetch.ytdlp import YtDlp
+
+    ytdlp = YtDlp(fmt="best", user_agent=UA, timeout_s=2, retries=0, backoff_s=0.01,
+                  min_interval_s=0, max_items=5, max_bytes=10 ** 6,
+                  cache_dir=Path(tempfile.mkdtemp()), limiter=HostRateLimiter(0))
+    with LoopbackServer() as srv:
+        srv.add("/page.html", Route(b"<html>" + b" " * 400 + b"</html>", "text/html", drip_bps=2))
+        t = time.perf_counter()
+        with pytest.raises(FetchFailed) as err:
+            ytdlp.list(srv.url("/page.html"))
+        assert err.value.reason == "timeout" and err.value.transient
+        assert time.perf_counter() - t < 6
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

@@ -27,11 +27,13 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from dsbuilder.fetch.common import Deadline, FetchFailed, HostRateLimiter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _HTTP_STATUS_RE = re.compile(r"HTTP Error (\d{3})")
 _SHORT_RE = re.compile(r"bytes read, \d+ more expected")
@@ -117,6 +119,33 @@ def failure(exc: BaseException, what: str) -> FetchFailed:
     return FetchFailed("extract_error", f"{what}: {msg}")
 
 
+def within(seconds: float, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)``, given at most ``seconds`` in all (a ``timeout`` otherwise).
+
+    yt-dlp's extraction has only a per-read socket timeout: a server that trickles a page a few
+    bytes a second would hold it without end. The call runs in a daemon thread; past the deadline
+    the item fails and the thread is left to end on its own (its socket times out or closes)."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=run, name="ytdlp-extract", daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise FetchFailed("timeout", f"{what}: extraction took longer than the per-item timeout "
+                          f"of {seconds:g} s", transient=True)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class YtDlp:
     """yt-dlp with the stage's limits. Creates one ``YoutubeDL`` per call (options differ per call).
 
@@ -179,7 +208,7 @@ class YtDlp:
         logger = _Logger()
         with yt_dlp.YoutubeDL(self._options(logger, extract_flat="in_playlist")) as ydl:
             try:
-                info = ydl.extract_info(ref, download=False)
+                info = within(self.timeout_s, ref, ydl.extract_info, ref, download=False)
             except YoutubeDLError as exc:
                 raise failure(exc, ref) from None
             if info is None:
@@ -201,7 +230,8 @@ class YtDlp:
         logger = _Logger()
         with yt_dlp.YoutubeDL(self._options(logger)) as ydl:
             try:
-                info = ydl.process_ie_result(dict(entry), download=False)
+                info = within(self.timeout_s, what, ydl.process_ie_result, dict(entry),
+                              download=False)
             except YoutubeDLError as exc:
                 raise failure(exc, what) from None
         if info is None:
