@@ -507,14 +507,34 @@ def train_speech(recipe: Path, workspace: Path | None, all_clips: bool, no_progr
 
 
 @train.command("fer")
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_workspace_option
 @_train_options("fer")
+@click.option("--fer2013", "fer2013", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Train a CNN from scratch on FER2013's CSV (emotion,pixels,Usage) instead.")
+@click.option("--folders", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Train a CNN from scratch on DIR/<split>/<class>/*.png|jpg instead.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="--fer2013/--folders: output folder (model.pt, model.onnx, metrics, card).")
+@click.option("--patience", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="--fer2013/--folders: epochs without a better val accuracy before stopping.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 0.5), default=0.1, show_default=True,
+              help="--fer2013/--folders: share of train held out for val when there is no val split.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def train_fer(recipe: Path, workspace: Path | None, no_progress: bool, **options) -> None:
-    """Fine-tune the FER teacher on the clips' face crops with its own soft labels smoothed over
-    time; writes <workspace>/models/fer/ (model.pt, model.onnx for stages.label.fer_model,
-    config, metrics, model card)."""
+def train_fer(recipe: Path | None, workspace: Path | None, fer2013: Path | None,
+              folders: Path | None, out: Path | None, patience: int, val_fraction: float,
+              no_progress: bool, **options) -> None:
+    """Fine-tune the FER teacher on a workspace's face crops with its own soft labels smoothed over
+    time (RECIPE: writes <workspace>/models/fer/), or train a compact FER CNN from scratch on
+    labelled faces (--fer2013 FILE.csv or --folders DIR, with --out DIR). Both write model.pt,
+    model.onnx for stages.label.fer_model, config, metrics and a model card."""
+    if fer2013 or folders:
+        _train_fer_supervised(fer2013, folders, out, patience, val_fraction, options,
+                              not no_progress)
+        return
+    if recipe is None:
+        raise UsageError("train fer needs RECIPE (fine-tune on a workspace) or --fer2013/--folders",
+                         "e.g. dsbuilder train fer --fer2013 fer2013.csv --out models/fer2013")
     from dsbuilder.train.fer import MODEL_DIR, train as train_student
 
     rec, ws = _load(recipe, workspace, existing=True)
@@ -522,6 +542,29 @@ def train_fer(recipe: Path, workspace: Path | None, no_progress: bool, **options
                             progress=not no_progress)
     _echo_scores(metrics, "frames")
     click.echo(f"model: {ws.root / MODEL_DIR}")
+
+
+def _train_fer_supervised(fer2013, folders, out, patience, val_fraction, options,
+                          progress: bool) -> None:
+    from dsbuilder.train.fer_supervised import (SupervisedConfig, read_fer2013, read_folders,
+                                                train_supervised)
+
+    if fer2013 and folders:
+        raise UsageError("give --fer2013 or --folders, not both", "train on one data set at a time")
+    if out is None:
+        raise UsageError("--fer2013/--folders need --out DIR", "e.g. --out models/fer2013")
+    data = read_fer2013(fer2013) if fer2013 else read_folders(folders)
+    given = {k: v for k, v in options.items() if v is not None and k in ("epochs", "lr",
+                                                                          "batch_size", "seed")}
+    cfg = SupervisedConfig(patience=patience, val_fraction=val_fraction, **given)
+    res = train_supervised(data, out, cfg, progress=progress)
+    for split in ("train", "val", "test"):
+        if split in res.metrics:
+            m = res.metrics[split]
+            click.echo(f"{split}: {m['items']} faces, accuracy {m['accuracy']:.3f}, macro-F1 "
+                       f"{m['macro_f1']:.3f} (majority class {m['majority_class']}: "
+                       f"{m['majority_accuracy']:.3f})")
+    click.echo(f"model: {res.out} (best epoch {res.metrics['best_epoch']})")
 
 
 def _echo_scores(metrics, unit: str) -> None:
