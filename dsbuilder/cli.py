@@ -578,6 +578,99 @@ def _echo_scores(metrics, unit: str) -> None:
 
 
 
+@cli.group("eval")
+def eval_group() -> None:
+    """Measure the face pipeline against annotations (detection, landmarks, FER)."""
+
+
+def _write_json(data, out: Path | None, default: str) -> None:
+    import json
+
+    from dsbuilder.workspace import atomic_write_bytes
+
+    path = out or Path(default)
+    atomic_write_bytes(path, (json.dumps(data, indent=1, default=float) + "\n").encode())
+    click.echo(f"results: {path}")
+
+
+@eval_group.command("detection")
+@click.argument("images", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("annotations", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--detector", "detectors", multiple=True, type=click.Choice(("blazeface", "hog", "cnn")),
+              help="Detector(s) to measure (repeatable; default blazeface and hog).")
+@click.option("--upsample", type=click.IntRange(0, 2), default=0, show_default=True)
+@click.option("--json", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the results (default ./eval_detection.json).")
+def eval_detection_cmd(images: Path, annotations: Path, detectors, upsample: int,
+                       out: Path | None) -> None:
+    """Face detection recall and precision at IoU >= 0.5 on IMAGES annotated in ANNOTATIONS
+    (WIDER FACE's text format, or a CSV image,x,y,w,h)."""
+    from dsbuilder.evaluate import eval_detection, read_boxes
+
+    res = eval_detection(read_boxes(annotations, images), detectors or ("blazeface", "hog"),
+                         upsample)
+    click.echo(f"{res['images']} images, {res['faces']} faces")
+    click.echo(f"{'detector':<10} {'recall':>7} {'precision':>9} {'found':>6} {'false':>6} "
+               f"{'missed':>6}")
+    for name, d in res["detectors"].items():
+        prec = "-" if d["precision"] is None else f"{d['precision']:.3f}"
+        click.echo(f"{name:<10} {d['recall']:>7.3f} {prec:>9} {d['true_positives']:>6} "
+                   f"{d['false_positives']:>6} {d['misses']:>6}")
+    _write_json(res, out, "eval_detection.json")
+
+
+@eval_group.command("landmarks")
+@click.argument("images", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--detector", type=click.Choice(("blazeface", "hog", "cnn")), default="blazeface",
+              show_default=True, help="Detector giving the face box the predictor runs in.")
+@click.option("--json", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the results (default ./eval_landmarks.json).")
+def eval_landmarks_cmd(images: Path, detector: str, out: Path | None) -> None:
+    """68-point landmark error (NME by the outer-eye-corner distance) on IMAGES with iBUG .pts
+    files beside them."""
+    from dsbuilder.evaluate import eval_landmarks
+
+    res = eval_landmarks(images, detector)
+    for r in res["per_image"]:
+        click.echo(f"{r['image']:<40} NME {r['nme']:.4f} (box: {r['box']})")
+    click.echo(f"{res['images']} images: mean NME {res['mean_nme']:.4f}, median "
+               f"{res['median_nme']:.4f}, failures (NME > {res['failure_nme']}) "
+               f"{res['failure_rate']:.1%}")
+    _write_json(res, out, "eval_landmarks.json")
+
+
+@eval_group.command("fer")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--ferplus", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="FER+'s fer2013new.csv: its majority votes replace FER2013's labels.")
+@click.option("--model", help="FER model: fer2013 (the bundled teacher, default) or an .onnx/.h5 "
+                              "file (e.g. one `train fer --fer2013` wrote).")
+@click.option("--split", type=click.Choice(("test", "val", "train", "all")), default="test",
+              show_default=True)
+@click.option("--json", "out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the results (default ./eval_fer.json).")
+def eval_fer_cmd(data: Path, ferplus: Path | None, model: str | None, split: str,
+                 out: Path | None) -> None:
+    """FER accuracy, macro-F1 and confusion matrix on DATA: a FER2013 CSV or class folders
+    DIR/<split>/<class>/*."""
+    from dsbuilder.evaluate import apply_ferplus, eval_fer
+    from dsbuilder.train.fer_supervised import CLASSES, read_fer2013, read_folders
+
+    faces = read_folders(data) if data.is_dir() else read_fer2013(data)
+    if ferplus:
+        faces = apply_ferplus(faces, ferplus)
+    res = eval_fer(faces, model, split)
+    click.echo(f"{res['model']} on {res['items']} {split} faces: accuracy {res['accuracy']:.3f}, "
+               f"macro-F1 {res['macro_f1']:.3f} (majority class {res['majority_class']}: "
+               f"{res['majority_accuracy']:.3f})")
+    click.echo("recall: " + ", ".join(f"{c} {'-' if r is None else f'{r:.2f}'}"
+                                      for c, r in res["recall"].items()))
+    click.echo("confusion (rows: truth " + " ".join(c[:3] for c in CLASSES) + "):")
+    for c, row in zip(CLASSES, res["confusion"]):
+        click.echo(f"  {c[:3]} " + " ".join(f"{v:>4}" for v in row))
+    _write_json(res, out, "eval_fer.json")
+
+
 def main() -> None:
     """Console entry point: turn library errors into one line and a hint."""
     try:
