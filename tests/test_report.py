@@ -152,6 +152,33 @@ def test_report_files_tell_where_every_clip_came_from_and_why_things_were_droppe
         assert c["clip_id"] in page
     card = (out / "dataset_card.md").read_text()
     assert f"{len(clips)} clips" in card and "## Splits" in card
+    for section in ("## Uses", "## Personal and sensitive information", "## Collection process",
+                    "## Bias and limitations"):
+        assert section in card, section
+    assert "takedown" in card and "Out of scope" in card
+
+
+def test_card_metadata_and_split_views_give_hugging_face_splits(demo_ws):
+    """The card starts with a YAML block (license, task categories, size, configs whose data files
+    are the per-split views), and each view holds exactly its split's clips."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    _, ws = demo_ws
+    card = (ws.root / "report" / "dataset_card.md").read_text()
+    assert card.startswith("---\n")
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["license"] == "other" and "video-classification" in meta["task_categories"]
+    assert meta["size_categories"] == ["n<1K"]
+    files = {d["split"]: d["path"] for d in meta["configs"][0]["data_files"]}
+    assert set(files) == {"train", "validation", "test"}
+    clips = read_table(ws, "clips").to_pylist()
+    for hf, ours in (("train", "train"), ("validation", "val"), ("test", "test")):
+        view = pq.read_table(ws.root / files[hf]).to_pylist()
+        assert sorted(c["clip_id"] for c in view) == sorted(c["clip_id"] for c in clips
+                                                            if c["split"] == ours)
+        if not view:  # an empty split has no row group (HF datasets refuses an empty one)
+            assert pq.ParquetFile(ws.root / files[hf]).metadata.num_row_groups == 0
 
 
 def test_report_escapes_what_sources_say(demo_ws):

@@ -35,6 +35,7 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -47,7 +48,7 @@ from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import Rejection, StageResult, first_time, publish
 from dsbuilder.stages.spec import StageSpec
-from dsbuilder.workspace import Workspace, atomic_write_bytes, sha256_file
+from dsbuilder.workspace import Workspace, atomic_path, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -548,7 +549,22 @@ def dataset_card(report: Mapping[str, Any]) -> str:
     """A Markdown dataset card from :func:`build_report`'s data."""
     c, sp = report["counts"], report["splits"]
     licences = Counter(s["licence"] or "unknown" for s in report["sources"] if s["status"] == "ok")
+    n = c["clips"]
+    size = ("n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K" if n < 100_000
+            else "100K<n<1M")
+    hf_licences = sorted({_hf_licence(k) for k in licences}) or ["unknown"]
+    front = [
+        "---",
+        f"license: {hf_licences[0] if len(hf_licences) == 1 else 'other'}",
+        f"pretty_name: {json.dumps(report['dataset'])}",
+        "task_categories:", "- video-classification", "- audio-classification",
+        "tags:", "- emotion-recognition", "- facial-expression", "- audio-visual",
+        "size_categories:", f"- {size}",
+        "configs:", "- config_name: default", "  data_files:",
+        *(f"  - split: {hf}\n    path: {SPLIT_VIEW_DIR}/{hf}.parquet" for hf in HF_SPLITS.values()),
+        "---", ""]
     lines = [
+        *front,
         f"# Dataset card: {report['dataset']}", "",
         f"Built by dsbuilder {report['dsbuilder_version']} (manifest schema "
         f"{report['schema_version']}). Tables: `manifests/*.parquet`; the training view is "
@@ -578,12 +594,73 @@ def dataset_card(report: Mapping[str, Any]) -> str:
         "| split | target | clips | seconds |", "|---|---:|---:|---:|",
         *(f"| {s} | {sp['ratios'][s]:.2f} | {v['clips']} | {v['seconds']:.1f} |"
           for s, v in sp["realised"].items()), "",
-        "## Limits", "",
+        "## Uses", "",
+        "- Research on facial expression and voice, trained on soft labels: FER students, "
+        "speech-emotion students distilled from the face (as EmoVoxCeleb), HMMs of expression "
+        "dynamics; evaluating such models on these people.",
+        "- Out of scope: identifying, tracking or profiling the people shown; judging anyone's "
+        "feelings, honesty, health or suitability from their face or voice (an expression is not a "
+        "felt emotion); any use the sources' licences or the people's rights do not allow.", "",
+        "## Personal and sensitive information", "",
+        "- Every clip shows a real, named person's face and voice: biometric data (GDPR art. 9 and "
+        "similar laws). They were chosen by the curator from public web video; they did not "
+        "consent to this dataset. Bystanders' faces are never stored (non-target tracks keep no "
+        "pixels).",
+        "- Takedown: `dsbuilder takedown RECIPE <source_id|URL> --reason ...` deletes a source's "
+        "media, clips and everything derived from it, and the next run drops it; the curator of "
+        "this copy is who to ask.", "",
+        "## Collection process", "",
+        "- Sources listed in a recipe (URLs, playlists, searches, files), fetched with provenance "
+        "under a licence allow-list and robots.txt; faces matched to each person's reference photos "
+        "(dlib ResNet embeddings, fitted thresholds); shots by PySceneDetect; faces by MediaPipe "
+        "BlazeFace; speech by VAD and the Light-ASD active-speaker model; labels by the teacher.", "",
+        "## Bias and limitations", "",
         "- The FER teacher is a mini-Xception trained on FER2013 (about 66 % accuracy there); its "
-        "labels carry its biases and errors.",
+        "labels carry its biases and errors (FER2013 is web faces, mostly adults; accuracy differs "
+        "across ages, skin tones and lighting).",
+        "- The face detector and the recogniser miss or confuse faces more often in profile, small, "
+        "dark or occluded; the recipe's people and sources decide who is represented at all.",
         "- Geometric AUs move with speech; they are proxies, not a trained AU detector.",
         f"- {c['rejections']} items were dropped; the report lists why, by stage and reason.", ""]
     return "\n".join(lines)
+
+
+#: Our split names -> Hugging Face's (the per-split views under manifests/splits/).
+HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+SPLIT_VIEW_DIR = "manifests/splits"
+
+
+def _hf_licence(code: str) -> str:
+    """A licence code as a Hugging Face ``license:`` id (``other`` when it has none)."""
+    k = code.lower().replace("_", "-")
+    if k.startswith("cc0"):
+        return "cc0-1.0"
+    for prefix, hf in (("cc-by-nc-sa", "cc-by-nc-sa-4.0"), ("cc-by-nc", "cc-by-nc-4.0"),
+                       ("cc-by-sa", "cc-by-sa-4.0"), ("cc-by", "cc-by-4.0")):
+        if k.startswith(prefix):
+            return hf
+    return {"mit": "mit", "unknown": "unknown"}.get(k, "other")
+
+
+def write_split_views(ws: Workspace) -> list[Path]:
+    """``manifests/splits/{train,validation,test}.parquet``: the clips of each split, so that
+    ``datasets.load_dataset("parquet", data_dir=".../manifests/splits")`` (or the card's configs)
+    gives Hugging Face splits. An empty split is a schema with no row group."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    clips = read_table(ws, "clips")
+    out = []
+    for ours, hf in HF_SPLITS.items():
+        part = clips.filter(pc.equal(clips["split"], ours)) if clips.num_rows else clips
+        target = ws.root / SPLIT_VIEW_DIR / f"{hf}.parquet"
+        with atomic_path(target) as tmp:
+            if part.num_rows:
+                pq.write_table(part, tmp, compression="zstd")
+            else:
+                pq.ParquetWriter(tmp, clips.schema, compression="zstd").close()
+        out.append(target)
+    return out
 
 
 # --- Croissant -----------------------------------------------------------------------------------
@@ -737,6 +814,7 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     result.rows = {"clips": clips}
     result.computed = 1
     publish(ws, result)
+    write_split_views(ws)
     clips_path = table_path(ws, "clips")
     atomic_write_bytes(out / "croissant.json", (json.dumps(croissant(report, {
         "path": clips_path.relative_to(ws.root).as_posix(), "sha256": sha256_file(clips_path),
