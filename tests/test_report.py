@@ -297,6 +297,21 @@ def test_the_curators_review_rejects_and_accepts_clips(demo_workspace, tmp_path)
         pipeline.run_stage("report", rec, ws, progress=False)
 
 
+def test_croissant_records_load_with_mlcroissant(demo_ws):
+    """A user's view: mlcroissant reads the clips' records from report/croissant.json, with the
+    paths resolved from the file's own folder; no warning about the context."""
+    mlc = pytest.importorskip("mlcroissant")
+
+    _, ws = demo_ws
+    ds = mlc.Dataset(jsonld=str(ws.root / "report" / "croissant.json"))
+    recs = list(ds.records("clips"))
+    clips = read_table(ws, "clips").to_pylist()
+    assert len(recs) == len(clips)
+    ids = sorted(r["clips/clip_id"].decode() if isinstance(r["clips/clip_id"], bytes)
+                 else r["clips/clip_id"] for r in recs)
+    assert ids == sorted(c["clip_id"] for c in clips)
+
+
 def test_croissant_describes_the_clips_table(demo_ws):
     from dsbuilder.manifest.schema import schemas
     from dsbuilder.workspace import sha256_file
@@ -304,9 +319,13 @@ def test_croissant_describes_the_clips_table(demo_ws):
     _, ws = demo_ws
     meta = json.loads((ws.root / "report" / "croissant.json").read_text())
     assert meta["@type"] == "sc:Dataset" and meta["conformsTo"].endswith("croissant/1.0")
-    (dist,) = meta["distribution"]
+    dist = meta["distribution"][0]
     assert dist["sha256"] == sha256_file(table_path(ws, "clips"))
-    assert (ws.root / dist["contentUrl"]).resolve() == table_path(ws, "clips").resolve()
+    dist = meta["distribution"][0]
+    # resolved from the file's own folder, as Croissant readers do
+    assert (ws.root / "report" / dist["contentUrl"]).resolve() == table_path(ws, "clips").resolve()
+    assert meta["citeAs"] and meta["datePublished"] and meta["rai:personalSensitiveInformation"]
+    assert {d["@id"] for d in meta["distribution"]} >= {"clip-videos", "clip-audio"}
     (records,) = meta["recordSet"]
     schema, _ = schemas()["clips"]
     assert [f["name"] for f in records["field"]] == schema.names

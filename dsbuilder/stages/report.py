@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 import logging
 import math
 from collections import Counter, defaultdict
@@ -679,7 +680,8 @@ CROISSANT_CONTEXT = {
     "recordSet": "cr:recordSet", "references": "cr:references", "regex": "cr:regex",
     "repeated": "cr:repeated", "replace": "cr:replace", "sc": "https://schema.org/",
     "separator": "cr:separator", "source": "cr:source", "subField": "cr:subField",
-    "transform": "cr:transform"}
+    "transform": "cr:transform", "samplingRate": "cr:samplingRate",
+    "equivalentProperty": "cr:equivalentProperty", "rai": "http://mlcommons.org/croissant/RAI/"}
 
 
 def _croissant_type(pa_type) -> tuple[str, bool]:
@@ -714,18 +716,44 @@ def croissant(report: Mapping[str, Any], clips_file: Mapping[str, Any]) -> dict[
             field["repeated"] = True
         fields.append(field)
     c = report["counts"]
+    fetched = sorted(str(s["fetched_at"])[:10] for s in report["sources"]
+                     if s["status"] == "ok" and s.get("fetched_at"))
+    # paths are relative to this file's folder (report/), as Croissant readers resolve them
+    up = "../"
     return {
         "@context": CROISSANT_CONTEXT, "@type": "sc:Dataset", "name": report["dataset"],
         "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "citeAs": (f"@misc{{{re.sub(r'[^A-Za-z0-9]+', '_', report['dataset'])}, title="
+                   f"{{{report['dataset']}}}, note={{built with dsbuilder "
+                   f"{report['dsbuilder_version']}}}}}"),
+        "datePublished": fetched[-1] if fetched else None,
+        "rai:dataCollection": "Public web video and photos named in a curator's recipe, fetched "
+                              "with provenance (report/report.json); faces of the recipe's people "
+                              "only, matched to reference photos.",
+        "rai:personalSensitiveInformation": "Faces and voices of real, named people (biometric "
+                                            "data), who did not consent; takedown by `dsbuilder "
+                                            "takedown`.",
+        "rai:dataBiases": "Labels come from a FER2013-trained teacher and inherit its biases; the "
+                          "recipe decides who is represented.",
+        "rai:dataUseCases": "Research on facial expression and voice; not identification, "
+                            "profiling or judging people.",
         "description": (f"{c['clips']} face clips ({c['clip_seconds']:.1f} s) of {c['people']} "
                         "people with audio and machine-made emotion labels, built by dsbuilder "
                         f"{report['dsbuilder_version']} (see report/report.json for provenance)."),
         "license": licences, "version": str(report["schema_version"]),
         "distribution": [{"@type": "cr:FileObject", "@id": "clips.parquet", "name": "clips.parquet",
-                          "contentUrl": clips_file["path"],
+                          "contentUrl": up + clips_file["path"],
                           "encodingFormat": "application/x-parquet",
                           "contentSize": f"{clips_file['bytes']} B",
-                          "sha256": clips_file["sha256"]}],
+                          "sha256": clips_file["sha256"]},
+                         {"@type": "cr:FileSet", "@id": "clip-videos", "name": "clip-videos",
+                          "description": "Aligned face clips; each clips row names its file "
+                                         "(video_path) and the tracks table its sha256.",
+                          "includes": up + "clips/*.mp4",
+                          "encodingFormat": "video/mp4"},
+                         {"@type": "cr:FileSet", "@id": "clip-audio", "name": "clip-audio",
+                          "description": "16 kHz mono audio of each clip (audio_path).",
+                          "includes": up + "clips/*.wav", "encodingFormat": "audio/wav"}],
         "recordSet": [{"@type": "cr:RecordSet", "@id": "clips", "name": "clips",
                        "description": "One training example per row (manifests/clips.md).",
                        "key": {"@id": f"clips/{id_col}"}, "field": fields}],
