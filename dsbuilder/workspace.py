@@ -128,8 +128,12 @@ class Workspace:
         return self.root / "logs"
 
     def sweep_temporaries(self) -> None:
-        """Remove temporary files a crashed run left behind (they were never renamed into place)."""
-        for sub in (self.raw, self.cache, self.manifests):
+        """Remove temporary files a crashed run left behind (they were never renamed into place):
+        in every folder the stages write (media, cache, manifests, clips, models, report, logs)."""
+        for sub in (self.raw, self.cache, self.manifests, self.root / "clips", self.root / "models",
+                    self.root / "report", self.logs):
+            if not sub.is_dir():
+                continue
             for tmp in sub.rglob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
             for tmpdir in sub.rglob(".dl-*"):

@@ -365,7 +365,8 @@ def test_real_track_changing_expression_gives_clips_with_different_labels(shared
 
 @pytest.mark.parametrize("tamper", ["append_bytes", "swap_clip", "delete_wav", "escape_path",
                                     "delete_row", "change_label", "change_split", "crop_sha",
-                                    "corrupt_page", "delete_frame_row", "delete_rejection"])
+                                    "corrupt_page", "delete_frame_row", "delete_rejection",
+                                    "delete_hmm"])
 def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
     """Each tampering of the training view is named by `manifest validate` (issue 14)."""
     import shutil
@@ -418,6 +419,9 @@ def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
             p = next(f for f in sorted(p.glob("*.parquet")) if pq.read_metadata(f).num_rows)
         rows = pq.read_table(p).to_pylist()
         pq.write_table(pa.Table.from_pylist(rows[1:], schema=pq.read_schema(p)), p)
+    elif tamper == "delete_hmm":
+        (model,) = {r["model_path"] for r in pq.read_table(table_path(ws, "segments")).to_pylist()}
+        (ws.root / model).unlink()
     elif tamper == "corrupt_page":
         data = bytearray(path.read_bytes())
         data[8:40] = bytes(32)  # the first column chunk's page

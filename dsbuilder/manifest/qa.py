@@ -144,6 +144,9 @@ def validate(ws: Workspace, check_hashes: bool = True) -> tuple[list[str], dict[
                 problems.append(f"shots {b['shot_id']}: overlaps {a['shot_id']}")
 
     _check_tracks_and_clips(ws, tables, problems, check_hashes)
+    # the models the segments were decoded with (one file per person)
+    for path in sorted({r["model_path"] for r in tables.get("segments", []) if r.get("model_path")}):
+        _file(ws, path, f"segments model {path}", problems)
     _check_row_counts(ws, tables, problems)
     return problems, {t: len(r) for t, r in tables.items()}
 
