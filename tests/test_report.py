@@ -196,7 +196,7 @@ def test_report_escapes_what_sources_say(demo_ws):
 
 def test_report_rerun_writes_the_same_bytes(demo_ws):
     recipe, ws = demo_ws
-    files = [table_path(ws, "clips"), *sorted((ws.root / "report").iterdir())]
+    files = [table_path(ws, "clips"), *sorted(p for p in (ws.root / "report").rglob("*") if p.is_file())]
     before = [digest(f) for f in files]
     pipeline.run_stage("report", recipe, ws, progress=False)
     assert [digest(f) for f in files] == before
@@ -437,3 +437,32 @@ def test_the_page_shows_no_dict_and_no_local_path(demo_ws):
     page = (ws.root / "report" / "report.html").read_text()
     assert "{'" not in page and "file:///" not in page
     assert "local file: " in page  # the demo's media are local files
+
+
+def test_report_page_has_pictures_with_relative_paths_and_no_bystander(demo_ws):
+    """report.html: the yield funnel and rejections charts, a gallery of each person's clips (a
+    thumbnail linked to the clip, a timeline of labels), reference faces; every picture is a file in
+    report/figures/ named by a relative path; nothing of a non-target track is drawn."""
+    import re
+
+    recipe, ws = demo_ws
+    out = ws.root / "report"
+    page = (out / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]+)"', page)
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert any(s.endswith("funnel.png") for s in srcs) and any("rejections.png" in s for s in srcs)
+    clips = read_table(ws, "clips").to_pylist()
+    for c in clips:
+        assert f"figures/timeline_{c['clip_id']}.png" in srcs
+        assert f"figures/clip_{c['clip_id']}.jpg" in srcs
+        assert "../" + c["video_path"] in hrefs
+    for s in srcs:
+        assert not s.startswith(("/", "file:", "http")) and (out / s).is_file(), s
+    for h in hrefs:
+        assert not h.startswith(("/", "file:")) and (out / h).resolve().is_file(), h
+    assert any("figures/ref_" in s for s in srcs)  # the dictionary's reference faces
+    rejected_tracks = {t["track_id"] for t in read_table(ws, "tracks").to_pylist() if not t["kept"]}
+    assert rejected_tracks  # the demo's bystander
+    drawn = " ".join(p.name for p in (out / "figures").iterdir())
+    assert not any(t in drawn for t in rejected_tracks)
+    assert "<script" not in page

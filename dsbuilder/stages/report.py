@@ -485,13 +485,53 @@ def _review_html(review: Mapping[str, Any] | None) -> str:
     return text + "</p>"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """A self-contained page (no scripts, no external files) from :func:`build_report`'s data."""
+def _figures_html(figures: Mapping[str, Any] | None, part: str) -> str:
+    """The pictures of one part of the page (``funnel``, ``gallery``, ``references``)."""
+    esc = html.escape
+    if not figures:
+        return ""
+    if part == "funnel":
+        return "".join(f'<img class="chart" src="{esc(figures[k])}" alt="{k}">'
+                       for k in ("funnel", "rejections") if figures.get(k))
+    if part == "gallery":
+        out = []
+        for person, clips in figures["gallery"].items():
+            out.append(f"<h3>{esc(person)}</h3><div class=\"gallery\">")
+            for c in clips:
+                thumb = (f'<a href="{esc(c["video"])}"><img src="{esc(c["thumb"])}" '
+                         f'alt="{esc(c["clip_id"])}"></a>' if c["thumb"] else "")
+                out.append(f'<figure>{thumb}<img src="{esc(c["timeline"])}" alt="timeline">'
+                           f'<figcaption><a href="{esc(c["video"])}">{esc(c["clip_id"])}</a><br>'
+                           f'{esc(str(c["argmax"]))}, {c["seconds"]} s, {esc(c["split"])}'
+                           f'{", speaking" if c["speaking"] else ""}</figcaption></figure>')
+            out.append("</div>")
+        if not out:
+            return "<p>No clip yet.</p>"
+        return ("<p>Each clip: its middle frame (a link to the clip) and, over its duration, the "
+                "teacher's class probabilities (stacked: angry, disgust, fear, happy, sad, surprise, "
+                "neutral), valence (green) and arousal (red), the speaking probability (blue, dashed) "
+                f"and the HMM segments (colours by state). At most {figures['gallery_limit']} clips "
+                "a person are drawn; the clips table below lists them all.</p>" + "".join(out))
+    refs = figures.get("references") or []
+    shown = "".join(f'<img src="{esc(r["image"])}" title="{esc(r["face_id"])}: '
+                    f'{"kept" if r["kept"] else esc(str(r["reason"]))}" alt="{esc(r["face_id"])}">'
+                    for r in refs if r["image"])
+    hidden = [r for r in refs if not r["image"]]
+    return (f'<div class="refs">{shown}</div><p>Green: kept; red: rejected (hover for the reason).'
+            + (f" Not drawn, as they may show someone else: {len(hidden)} face(s) rejected as "
+               + ", ".join(sorted({str(r['reason']) for r in hidden})) + "." if hidden else "")
+            + "</p>")
+
+
+def render_html(report: Mapping[str, Any], figures: Mapping[str, Any] | None = None) -> str:
+    """A self-contained page (no scripts, nothing fetched: pictures from ``figures/`` beside it)
+    from :func:`build_report`'s data and :func:`dsbuilder.report_figures.make_figures`' pictures."""
     esc = html.escape
     parts = [f"<h1>{esc(report['dataset'])}: dataset report</h1>",
              f"<p>dsbuilder {esc(report['dsbuilder_version'])}, manifest schema "
              f"{report['schema_version']}. The same data as <code>report.json</code>.</p>",
-             "<h2>Counts</h2>", _table(("what", "count"), report["counts"].items()),
+             "<h2>Counts</h2>", _figures_html(figures, "funnel"),
+             _table(("what", "count"), report["counts"].items()),
              "<p>Active speaker: " + esc(", ".join(
                  f"{n} track(s) by {k}" for k, n in report["speakers"]["tracks_by_scorer"].items())
                  or "no track scored") + "."
@@ -506,6 +546,8 @@ def render_html(report: Mapping[str, Any]) -> str:
                      "clips"),
                     ((p["person_id"], p["name"], p["n_kept"], p["threshold"], p["est_far"],
                       p["clips"]) for p in report["people"])),
+             "<h2>Clips, person by person</h2>", _figures_html(figures, "gallery"),
+             "<h2>Reference faces</h2>", _figures_html(figures, "references"),
              f"<h2>Splits</h2><p>Grouped by <code>{esc(report['splits']['group_by'])}</code> "
              f"(seed {report['splits']['seed']}); leakage: {esc(report['splits']['leakage'])}."
              + "".join(f" {esc(w)}" for w in report["splits"]["warnings"]) + "</p>",
@@ -540,7 +582,10 @@ def render_html(report: Mapping[str, Any]) -> str:
                        json.dumps(v["params"], sort_keys=True)) for s, v in report["stages"].items()))]
     style = ("body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;"
              "margin-bottom:1.5em;font-size:90%}td,th{border:1px solid #ccc;padding:2px 6px;"
-             "text-align:left;vertical-align:top}th{background:#eee}")
+             "text-align:left;vertical-align:top;max-width:24em;overflow-wrap:anywhere}"
+             "th{background:#eee}.gallery{display:flex;flex-wrap:wrap;gap:8px}"
+             "figure{margin:0;width:300px;font-size:75%}figure img{max-width:100%;display:block}"
+             ".chart{max-width:48%;vertical-align:top;margin-right:1%}.refs img{margin:2px}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{esc(report['dataset'])}"
             f" report</title><style>{style}</style></head><body>\n" + "\n".join(parts)
             + "\n</body></html>\n")
@@ -837,7 +882,10 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     out = ws.root / REPORT_DIR
     atomic_write_bytes(out / "report.json",
                        (json.dumps(report, indent=1, sort_keys=False) + "\n").encode())
-    atomic_write_bytes(out / "report.html", render_html(report).encode())
+    from dsbuilder.report_figures import make_figures
+
+    atomic_write_bytes(out / "report.html",
+                       render_html(report, make_figures(ws, report, clips, out)).encode())
     atomic_write_bytes(out / "dataset_card.md", dataset_card(report).encode())
     result.rows = {"clips": clips}
     result.computed = 1
