@@ -578,6 +578,30 @@ def _echo_scores(metrics, unit: str) -> None:
 
 
 
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@_workspace_option
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1 (0: any free one).")
+def review(recipe: Path, workspace: Path | None, port: int) -> None:
+    """Review the clips in a local page (http://127.0.0.1:PORT/): play each, accept or reject it
+    with a note. Decisions go to stages.report.review (else <workspace>/review.csv) at once; the
+    next `dsbuilder run` applies them."""
+    from dsbuilder.review import make_server, review_file
+
+    rec, ws = _load(recipe, workspace, existing=True)
+    path = review_file(rec.stages["report"]["review"], ws)
+    server = make_server(ws, path, port)
+    click.echo(f"review page: http://127.0.0.1:{server.server_address[1]}/ (decisions -> {path}); "
+               "Ctrl-C to stop")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 @cli.group("eval")
 def eval_group() -> None:
     """Measure the face pipeline against annotations (detection, landmarks, FER)."""

@@ -854,7 +854,10 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
     at = first_time(ws, STAGE, "clips", result.params_hash)
     clips, too_short = clip_rows(tables["tracks"], tables["label_clips"], tables["speech"],
                                  tables["sources"], read_labels(ws), params, at)
-    review = read_review(params["review"])
+    # the curator's decisions: stages.report.review, else what `dsbuilder review` wrote
+    default_review = ws.root / "review.csv"
+    review = read_review(params["review"] or (str(default_review) if default_review.is_file()
+                                              else None))
     clips, result.rejections, unknown = apply_review(clips, review, result.params_hash, ws)
     result.rejections = too_short + result.rejections
     if unknown:
