@@ -70,10 +70,12 @@ def test_review_in_a_headless_browser(ws_copy):
     server, url = serve_in_thread(ws, ws.root / "review.csv")
     try:
         with sync_api.sync_playwright() as p:
-            try:
-                browser = p.chromium.launch()
+            system = shutil.which("chromium") or shutil.which("chromium-browser")
+            try:  # Playwright's own Chromium (a CDN download), else the system's (Debian's)
+                browser = p.chromium.launch(executable_path=system) if system else \
+                    p.chromium.launch()
             except Exception as exc:  # noqa: BLE001 - no browser binary on this machine
-                pytest.skip(f"no Chromium for Playwright here: {exc}")
+                pytest.skip(f"no Chromium for Playwright here: {str(exc).splitlines()[0]}")
             pg = browser.new_page()
             pg.goto(url)
             form = pg.locator(f"section[id='{target}'] form")
