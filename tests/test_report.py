@@ -362,6 +362,33 @@ def test_real_track_changing_expression_gives_clips_with_different_labels(shared
     assert clips[0]["ended_by"] == "emotion" and 0.5 <= clips[1]["start_s"] <= 1.0
     assert clips[0]["track_id"] == clips[1]["track_id"] and clips[0]["split"] == clips[1]["split"]
 
+    # the report, the Croissant file, the card and the review page work on real media too
+    import re
+
+    import requests
+    import yaml
+
+    from dsbuilder.review import serve_in_thread
+
+    out = ws.root / "report"
+    page = (out / "report.html").read_text()
+    for c in clips:
+        assert f"figures/clip_{c['clip_id']}.jpg" in page and (out / "figures" /
+                                                               f"clip_{c['clip_id']}.jpg").is_file()
+    assert all((out / src).is_file() for src in re.findall(r'src="([^"]+)"', page))
+    meta = yaml.safe_load((out / "dataset_card.md").read_text().split("---\n")[1])
+    assert {d["split"] for d in meta["configs"][0]["data_files"]} == {"train", "validation", "test"}
+    mlc = pytest.importorskip("mlcroissant")
+    recs = list(mlc.Dataset(jsonld=str(out / "croissant.json")).records("clips"))
+    assert len(recs) == len(clips)
+    server, url = serve_in_thread(ws, ws.root / "review.csv")
+    try:
+        listing = requests.get(url, timeout=10).text
+        assert all(c["clip_id"] in listing for c in clips)
+    finally:
+        server.shutdown()
+        server.server_close()
+
 
 @pytest.mark.parametrize("tamper", ["append_bytes", "swap_clip", "delete_wav", "escape_path",
                                     "delete_row", "change_label", "change_split", "crop_sha",
