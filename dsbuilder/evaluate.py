@@ -122,10 +122,23 @@ def match(dets: np.ndarray, scores: np.ndarray, gt: np.ndarray, ignore: np.ndarr
 
 
 def _load_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps
+    """An annotated image, upright RGB (the dictionary stage's photo loader); one that does not
+    decode is a usage error naming it."""
+    from dsbuilder.errors import PhotoError
+    from dsbuilder.face.candidates import load_photo
 
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    try:
+        return load_photo(path)
+    except PhotoError as exc:
+        raise UsageError(f"{path}: {exc.detail}", "annotations must name decodable images") \
+            from None
+
+
+def _for_detector(rgb: np.ndarray, pixel_format: str) -> np.ndarray:
+    """The image in the pixel format a detector of the registry reads (``rgb24`` or ``gray``)."""
+    import cv2
+
+    return rgb if pixel_format == "rgb24" else cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
 
 def eval_detection(images: Sequence[AnnotatedImage], detectors: Sequence[str] = ("blazeface", "hog"),
@@ -143,10 +156,7 @@ def eval_detection(images: Sequence[AnnotatedImage], detectors: Sequence[str] = 
         tp = fp = fn = 0
         per_image = []
         for a in images:
-            rgb = _load_rgb(a.path)
-            img = rgb if spec.pixel_format == "rgb24" else np.asarray(
-                np.dot(rgb[..., :3], [0.299, 0.587, 0.114]).round(), np.uint8)
-            dets = spec.detect(img, upsample, 0.0)
+            dets = spec.detect(_for_detector(_load_rgb(a.path), spec.pixel_format), upsample, 0.0)
             boxes = np.array([d.box for d in dets], float).reshape(-1, 4)
             scores = np.array([d.score for d in dets], float)
             t, f, m = match(boxes, scores, a.boxes, a.ignore)
@@ -205,9 +215,7 @@ def eval_landmarks(images_dir: str | Path, detector: str = "blazeface") -> dict[
         rgb = _load_rgb(img_path)
         gt_box = np.array([truth[:, 0].min(), truth[:, 1].min(), truth[:, 0].max(),
                            truth[:, 1].max()])
-        img = rgb if spec.pixel_format == "rgb24" else np.asarray(
-            np.dot(rgb[..., :3], [0.299, 0.587, 0.114]).round(), np.uint8)
-        dets = spec.detect(img, 0, 0.0)
+        dets = spec.detect(_for_detector(rgb, spec.pixel_format), 0, 0.0)
         boxes = np.array([d.box for d in dets], float).reshape(-1, 4)
         source = "points"
         box = gt_box
@@ -215,8 +223,7 @@ def eval_landmarks(images_dir: str | Path, detector: str = "blazeface") -> dict[
             ious = _iou(boxes, gt_box[None])[:, 0]
             if ious.max() >= 0.3:
                 box, source = boxes[int(ious.argmax())], detector
-        grey = np.asarray(np.dot(rgb[..., :3], [0.299, 0.587, 0.114]).round(), np.uint8)
-        pred = api.landmarks(grey, tuple(int(round(v)) for v in box))
+        pred = api.landmarks(_for_detector(rgb, "gray"), tuple(int(round(v)) for v in box))
         e = nme(np.asarray(pred, float), truth)
         rows.append({"image": img_path.name, "nme": round(e, 5), "box": source})
     errs = np.array([r["nme"] for r in rows])
