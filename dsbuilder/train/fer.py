@@ -184,8 +184,9 @@ def train(ws: Workspace, options: Mapping[str, Any] | FerTrainConfig | None = No
     return metrics
 
 
-def _export_onnx(model, path: Path) -> None:
-    """The trained network as ONNX (what ``stages.label.fer_model`` can name), if onnx is here."""
+def _export_onnx(model, path: Path, size: int = 64) -> None:
+    """The trained network (grey ``size`` x ``size`` faces in, probabilities out) as ONNX: what
+    ``stages.label.fer_model`` can name. Skipped, with a warning, without the onnx package."""
     import importlib.util
     import warnings
 
@@ -198,7 +199,7 @@ def _export_onnx(model, path: Path) -> None:
         return
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 1, 64, 64), str(tmp), dynamo=False,
+        torch.onnx.export(model, torch.zeros(1, 1, size, size), str(tmp), dynamo=False,
                           input_names=["x"], output_names=["probs"],
                           dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}})
 

@@ -25,7 +25,6 @@ recall and the confusion matrix per split, next to the majority-class baseline),
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -325,40 +324,16 @@ def train_supervised(data: LabelledFaces, out: str | Path, cfg: SupervisedConfig
 
 def _write(out: Path, model, config: dict[str, Any], metrics: dict[str, Any],
            history: list[dict[str, float]]) -> None:
-    import io
-
+    """The trainers' common files (:func:`~dsbuilder.train.distil.write_model`), the ONNX model with
+    a softmax (what the label stage runs) and the held-out confusion matrix as a PNG."""
     import torch
 
-    from dsbuilder.workspace import atomic_path, atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write_bytes(out / "model.pt", buf.getvalue())
-    _export_onnx(model, out / "model.onnx")
-    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=1) + "\n").encode())
-    atomic_write_bytes(out / "metrics.json",
-                       (json.dumps({**metrics, "history": history}, indent=1) + "\n").encode())
-    for split in ("test", "val"):
-        if split in metrics:
-            with atomic_path(out / "confusion.png") as tmp:
-                confusion_png(metrics[split]["confusion"], tmp, f"{split} ({metrics[split]['items']} faces)")
-            break
-    atomic_write_bytes(out / "model_card.md", model_card(config, metrics).encode())
-
-
-def _export_onnx(model, path: Path) -> None:
-    """The network with a softmax, as ONNX: what ``stages.label.fer_model`` can name."""
-    import importlib.util
-    import warnings
-
-    import torch
-
+    from dsbuilder.train.distil import write_model
+    from dsbuilder.train.fer import _export_onnx
     from dsbuilder.workspace import atomic_path
 
-    if importlib.util.find_spec("onnx") is None:
-        log.warning("train fer: the onnx package is not installed; no model.onnx (model.pt is there)")
-        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_model(out, model, config, {**metrics, "history": history}, model_card(config, metrics))
 
     class WithSoftmax(torch.nn.Module):
         def __init__(self, net):
@@ -369,11 +344,13 @@ def _export_onnx(model, path: Path) -> None:
             return torch.softmax(self.net(x), dim=1)
 
     model.eval()
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(WithSoftmax(model), torch.zeros(1, 1, SIZE, SIZE), str(tmp), dynamo=False,
-                          input_names=["x"], output_names=["probs"],
-                          dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}})
+    _export_onnx(WithSoftmax(model), out / "model.onnx", size=SIZE)
+    for split in ("test", "val"):
+        if split in metrics:
+            with atomic_path(out / "confusion.png") as tmp:
+                confusion_png(metrics[split]["confusion"], tmp,
+                              f"{split} ({metrics[split]['items']} faces)")
+            break
 
 
 def confusion_png(confusion: Iterable[Iterable[int]], path: str | Path, title: str) -> None:
