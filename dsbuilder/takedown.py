@@ -105,20 +105,24 @@ def closest(name: str, names: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(name, sorted(names), n=n, cutoff=0.5)
 
 
+def taken_down_sources(ws: Workspace, takedowns: Takedowns) -> dict[str, dict[str, Any]]:
+    """The ``sources`` rows the takedowns name, by source_id."""
+    from dsbuilder.manifest.io import read_table
+
+    return {r["source_id"]: r for r in read_table(ws, "sources").to_pylist()
+            if takedowns.of(r.get("request"), r)}
+
+
 def purge_records(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
     """Delete every cache record of the stages after scrape that names a taken-down source (its id,
     its sha256, or an id made from it: tracks, frames, clips), so nothing derived from it survives
     in the cache. The scrape stage's records stay: they are how a rerun knows the source without
     fetching it. Returns the records' workspace-relative paths."""
-    from dsbuilder.manifest.io import read_table
-
     takedowns = takedowns if takedowns is not None else Takedowns.load(ws)
     if not takedowns:
         return []
-    needles = set()
-    for r in read_table(ws, "sources").to_pylist():
-        if takedowns.of(r.get("request"), r):
-            needles |= {r["source_id"], *([r["sha256"]] if r.get("sha256") else [])}
+    needles = {v for r in taken_down_sources(ws, takedowns).values()
+               for v in (r["source_id"], r.get("sha256")) if v}
     if not needles:
         return []
     gone = []
@@ -140,17 +144,13 @@ def _needles(ws: Workspace, takedowns: Takedowns) -> tuple[set[str], set[str]]:
     people whose tracks came from it."""
     from dsbuilder.manifest.io import read_table
 
-    needles: set[str] = set()
-    sids = set()
-    for r in read_table(ws, "sources").to_pylist():
-        if takedowns.of(r.get("request"), r):
-            sids.add(r["source_id"])
-            needles |= {v for v in (r["source_id"], r.get("sha256"), r.get("url"),
-                                    r.get("webpage_url"), r.get("request"),
-                                    Path(r["local_path"]).name if r.get("local_path") else None)
-                        if v and len(v) > 8}
+    gone = taken_down_sources(ws, takedowns)
+    needles = {v for r in gone.values()
+               for v in (r["source_id"], r.get("sha256"), r.get("url"), r.get("webpage_url"),
+                         r.get("request"), Path(r["local_path"]).name if r.get("local_path") else None)
+               if v and len(v) > 8}
     people = {t["person_id"] for t in read_table(ws, "tracks").to_pylist()
-              if t["source_id"] in sids and t.get("person_id")}
+              if t["source_id"] in gone and t.get("person_id")}
     return needles, people
 
 
@@ -214,8 +214,7 @@ def purge(ws: Workspace, takedowns: Takedowns | None = None) -> list[str]:
     takedowns = takedowns if takedowns is not None else Takedowns.load(ws)
     if not takedowns:
         return []
-    gone = {r["source_id"]: r for r in read_table(ws, "sources").to_pylist()
-            if takedowns.of(r.get("request"), r)}
+    gone = taken_down_sources(ws, takedowns)
     paths = [p for r in gone.values() for p in (r.get("local_path"), r.get("info_json_path"))]
     for t in read_table(ws, "tracks").to_pylist():
         if t["source_id"] in gone:
