@@ -84,3 +84,16 @@ def demo_workspace(tmp_path_factory):
     ws = Workspace.open(d / "ws")
     pipeline.run(recipe, ws, progress=False)
     return recipe, ws
+
+
+@pytest.fixture()
+def ws_copy(demo_workspace, tmp_path):
+    """A private copy of the demo workspace, for tests that change it: ``(recipe, workspace)``."""
+    import shutil
+
+    from dsbuilder.workspace import Workspace
+
+    recipe, demo = demo_workspace
+    ws = Workspace.open(tmp_path / "ws")
+    shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
+    return recipe, ws

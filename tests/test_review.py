@@ -12,15 +12,7 @@ import requests
 from dsbuilder import pipeline
 from dsbuilder.manifest.io import read_table
 from dsbuilder.review import read_decisions, serve_in_thread
-from dsbuilder.workspace import Workspace
 
-
-@pytest.fixture()
-def ws_copy(demo_workspace, tmp_path):
-    recipe, demo = demo_workspace
-    ws = Workspace.open(tmp_path / "ws")
-    shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
-    return recipe, ws
 
 
 def test_review_page_plays_clips_and_decisions_reach_the_report(ws_copy):

@@ -4,7 +4,6 @@ it again and drops everything made from it, and reruns keep the manifests identi
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from conftest import digest, run_cli
@@ -14,13 +13,6 @@ from dsbuilder.manifest.io import read_table, table_path
 from dsbuilder.manifest.qa import validate
 from dsbuilder.workspace import Workspace
 
-
-@pytest.fixture()
-def ws_copy(demo_workspace, tmp_path):
-    recipe, demo = demo_workspace
-    ws = Workspace.open(tmp_path / "ws")
-    shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
-    return recipe, ws
 
 
 def manifests(ws: Workspace) -> dict[str, str]:
