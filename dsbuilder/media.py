@@ -179,8 +179,10 @@ def open_video(path: str | Path) -> tuple[Any, Any, VideoInfo]:
         raise MediaError("no_video_stream", "the file has no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    if os.environ.get("DSBUILDER_CORES"):  # a worker's share of the cores (dsbuilder.executors)
-        stream.thread_count = int(os.environ["DSBUILDER_CORES"])
+    if "DSBUILDER_CORES" in os.environ:  # a worker's share of the cores
+        from dsbuilder.executors import cores
+
+        stream.thread_count = cores()
     rate = stream.average_rate or stream.guessed_rate
     # Times are on the container's timeline (0 = the file's start), as players show them: a video
     # stream that starts 0.85 s after the audio has its first frame at t=0.85.
