@@ -76,3 +76,15 @@ def read_table(ws: Workspace, table: str):
     if not path.exists():
         return schema.empty_table()
     return pq.read_table(path, schema=schema)
+
+
+def count_rows(ws: Workspace, table: str) -> int:
+    """Rows of a table (all parts) from the Parquet footers, without reading its columns."""
+    import pyarrow.parquet as pq
+
+    path = table_path(ws, table)
+    if table in PARTITIONED:
+        parts = sorted(path.glob("*.parquet")) if path.is_dir() else []
+    else:
+        parts = [path] if path.exists() else []
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)

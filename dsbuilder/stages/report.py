@@ -44,7 +44,7 @@ import numpy as np
 from dsbuilder.config import STAGES, Param
 from dsbuilder import __version__
 from dsbuilder.errors import StageError
-from dsbuilder.manifest.io import read_table, table_path
+from dsbuilder.manifest.io import count_rows, read_table, table_path
 from dsbuilder.manifest.schema import SCHEMA_VERSION
 from dsbuilder.recipe import Recipe, params_hash
 from dsbuilder.stages.base import Rejection, StageResult, first_time, publish
@@ -827,7 +827,7 @@ def table_rows(ws: Workspace, tables: dict[str, list[dict[str, Any]]], sizes: di
         elif name in sizes:
             rows[name] = sizes[name]
         else:
-            rows[name] = read_table(ws, name).num_rows
+            rows[name] = count_rows(ws, name)
     return rows
 
 
@@ -842,7 +842,7 @@ def read_labels(ws: Workspace) -> list[dict[str, Any]]:
 def read_inputs(ws: Workspace) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """The rows of :data:`READ_TABLES` and the row counts of :data:`COUNTED_TABLES`."""
     return ({n: read_table(ws, n).to_pylist() for n in READ_TABLES},
-            {n: read_table(ws, n).num_rows for n in COUNTED_TABLES})
+            {n: count_rows(ws, n) for n in COUNTED_TABLES})
 
 
 def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = True) -> StageResult:
