@@ -185,6 +185,14 @@ def test_probability_and_decision():
         (False, "not_speaking")
     assert speakers.asd_decision(short, times, 2.0, 0.5, 0.1, Gates(), True) == (False, "silent")
     assert speakers.asd_decision(p, times, 2.0, 0.5, 1.0, Gates(), False) == (False, "no_audio")
+    # the model's run counts only where speech is heard: a moving mouth over silence is silent
+    vad = np.zeros(50, bool)
+    assert speakers.asd_decision(p, times, 2.0, 0.5, 1.0, Gates(), True, vad) == (False, "silent")
+    vad[25:40] = True  # heard in half of the model's run (frames 20-49): it speaks
+    assert speakers.asd_decision(p, times, 2.0, 0.5, 1.0, Gates(), True, vad) == (True, None)
+    keep = speakers.speaking_runs(p, times, 2.0, 0.5, vad, 0.3)
+    assert keep[~(p >= 0.5)].sum() == 0 and keep[p >= 0.5].all()
+    assert not speakers.speaking_runs(p, times, 2.0, 0.5, vad, 0.9).any()
 
 
 # --- real media ------------------------------------------------------------------------------------

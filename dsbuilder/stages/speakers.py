@@ -177,7 +177,7 @@ def score_track(times: np.ndarray, landmarks: np.ndarray, yaw: np.ndarray | None
         prob = asd_probability(asd_logits, vad_frames if p["asd_vad_gate"] else None,
                                smooth=int(p["smooth_frames"]))
         speaking, reason = asd_decision(prob, times, end_s, float(p["min_segment_s"]), vad_ratio,
-                                        gates, has_audio)
+                                        gates, has_audio, vad_frames)
         if (speaking and p["asd_offset_gate"] and res.n_windows
                 and abs(res.offset) > gates.max_offset_frames):
             speaking, reason = False, "off_sync"
@@ -192,14 +192,8 @@ def score_track(times: np.ndarray, landmarks: np.ndarray, yaw: np.ndarray | None
     # frames between them (not speech clips: "silent" or "not_speaking")
     segs: list[dict[str, Any]] = []
     if speaking:
-        on = prob >= 0.5
-        edges = np.flatnonzero(np.diff(on.astype(np.int8))) + 1
-        bounds = [0, *edges.tolist(), n]
-        keep = np.zeros(n, bool)
-        for a, b in zip(bounds, bounds[1:]):
-            seg_end = float(times[b]) if b < n else end_s
-            if on[a] and seg_end - float(times[a]) >= float(p["min_segment_s"]) - 1e-9:
-                keep[a:b] = True
+        keep = speaking_runs(prob, times, end_s, float(p["min_segment_s"]), vad_frames,
+                             gates.min_vad_ratio)
         edges = np.flatnonzero(np.diff(keep.astype(np.int8))) + 1
         bounds = [0, *edges.tolist(), n]
         for a, b in zip(bounds, bounds[1:]):
@@ -271,21 +265,39 @@ def asd_probability(logits: np.ndarray, vad: np.ndarray | None, smooth: int = 5)
     return p.astype(np.float32)
 
 
-def asd_decision(prob: np.ndarray, times: np.ndarray, end_s: float, min_segment_s: float,
-                 vad_ratio: float, gates, has_audio: bool) -> tuple[bool, str | None]:
-    """A track speaks when Light-ASD finds a speaking run (probability >= 0.5) of at least
-    ``min_segment_s``. Otherwise the reason: ``no_audio``; ``silent`` when the VAD hears speech in
-    less than ``min_vad_ratio`` of the span; else ``not_speaking``."""
-    if not has_audio:
-        return False, "no_audio"
+def speaking_runs(prob: np.ndarray, times: np.ndarray, end_s: float, min_segment_s: float,
+                  vad: np.ndarray | None = None, min_vad_ratio: float = 0.0) -> np.ndarray:
+    """Frames inside a speaking run: probability >= 0.5 throughout, at least ``min_segment_s`` long
+    and, given the VAD decision per frame (``vad``), with speech heard in at least ``min_vad_ratio``
+    of it (a moving mouth with nothing heard does not speak, whatever a model makes of the picture)."""
     on = np.asarray(prob) >= 0.5
     n = len(on)
+    keep = np.zeros(n, bool)
     edges = [0, *(np.flatnonzero(np.diff(on.astype(np.int8))) + 1).tolist(), n]
     for a, b in zip(edges, edges[1:]):
         seg_end = float(times[b]) if b < n else end_s
-        if on[a] and seg_end - float(times[a]) >= min_segment_s - 1e-9:
-            return True, None
-    return False, ("silent" if vad_ratio < gates.min_vad_ratio else "not_speaking")
+        if not on[a] or seg_end - float(times[a]) < min_segment_s - 1e-9:
+            continue
+        if vad is not None and float(np.mean(vad[a:b])) < min_vad_ratio:
+            continue
+        keep[a:b] = True
+    return keep
+
+
+def asd_decision(prob: np.ndarray, times: np.ndarray, end_s: float, min_segment_s: float,
+                 vad_ratio: float, gates, has_audio: bool, vad: np.ndarray | None = None
+                 ) -> tuple[bool, str | None]:
+    """A track speaks when Light-ASD finds a speaking run (:func:`speaking_runs`; ``vad``: the VAD
+    decision per frame). Otherwise the reason: ``no_audio``; ``silent`` when the VAD hears speech in
+    less than ``min_vad_ratio`` of the span (or of the model's speaking runs); else ``not_speaking``."""
+    if not has_audio:
+        return False, "no_audio"
+    if speaking_runs(prob, times, end_s, min_segment_s, vad, gates.min_vad_ratio).any():
+        return True, None
+    if vad_ratio < gates.min_vad_ratio or (
+            vad is not None and speaking_runs(prob, times, end_s, min_segment_s).any()):
+        return False, "silent"
+    return False, "not_speaking"
 
 
 # --- the stage ------------------------------------------------------------------------------------
