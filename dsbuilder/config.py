@@ -124,7 +124,10 @@ TOP_LEVEL = ("name", "workspace", "people", "licences", "limits", "run", "stages
 PERSON_KEYS = ("id", "name", "photos", "videos")
 
 #: A source entry may be a string or a mapping with these keys.
-SOURCE_KEYS = ("url", "path", "licence", "note")
+SOURCE_KEYS = ("url", "path", "licence", "split", "note")
+
+#: The splits of the clips table, in order (a video entry's ``split:`` names one).
+SPLITS = ("train", "val", "test")
 
 
 def stage_defaults(stage: str) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class SourceSpec:
     person_id: str
     licence: str | None = None
     line: int | None = None
+    split: str | None = None  # a video entry held in this split (config.SPLITS); None: by hash
 
     @property
     def spec_id(self) -> str:
@@ -83,13 +84,21 @@ class Recipe:
         if stage == "scrape":
             params["limits"] = dict(self.limits)
             params["licences"] = dict(self.licences)
+        if stage == "report" and self.split_pins():
+            params["split_pins"] = self.split_pins()
         return params
+
+    def split_pins(self) -> dict[str, str]:
+        """Recipe entry (``SourceSpec.spec_id``) -> the split its videos are held in."""
+        return {s.spec_id: s.split for s in self.sources() if s.split}
 
     def effective(self) -> dict[str, Any]:
         """The full configuration after defaults, as ``dsbuilder recipe show`` prints it."""
         def spec(s: SourceSpec) -> Any:
-            return {"url" if s.ref_type != "path" else "path": s.ref, "licence": s.licence} \
-                if s.licence else s.ref
+            if not (s.licence or s.split):
+                return s.ref
+            return {"url" if s.ref_type != "path" else "path": s.ref, "licence": s.licence,
+                    **({"split": s.split} if s.split else {})}
         return {
             "name": self.name,
             "workspace": str(self.workspace),
@@ -162,22 +171,27 @@ def _compose(path: Path) -> _Located:
                           line=mark.line + 1 if mark else None) from None
     if node is None:
         raise RecipeError("recipe is empty", "start from recipes/demo.yaml", path=str(path))
-    return _convert(node)
+    return _convert(node, path)
 
 
-def _convert(node: Any) -> _Located:
+def _convert(node: Any, path: Path) -> _Located:
     import yaml
 
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, _Located] = {}
         for k, v in node.value:
-            item = _convert(v)
+            key = str(k.value)
+            if key in out:  # YAML loaders keep the last silently: half a section would vanish
+                raise RecipeError(f"key {key!r} appears twice in one mapping (first on line "
+                                  f"{out[key].key_line})", "merge the two into one",
+                                  path=str(path), line=k.start_mark.line + 1)
+            item = _convert(v, path)
             item.key_line = k.start_mark.line + 1
-            out[str(k.value)] = item
+            out[key] = item
         return _Located(out, line)
     if isinstance(node, yaml.SequenceNode):
-        return _Located([_convert(v) for v in node.value], line)
+        return _Located([_convert(v, path) for v in node.value], line)
     loader = yaml.SafeLoader("")
     try:
         return _Located(loader.construct_object(node, deep=True), line)
@@ -248,7 +262,7 @@ class _Validator:
 
 def _source(v: _Validator, loc: _Located, kind: str, person_id: str, base: Path,
             where: str) -> SourceSpec:
-    licence = None
+    licence = split = None
     if isinstance(loc.value, dict):
         m = loc.value
         v.keys(m, config.SOURCE_KEYS, where)
@@ -263,6 +277,12 @@ def _source(v: _Validator, loc: _Located, kind: str, person_id: str, base: Path,
             if not isinstance(m["licence"].value, str):
                 v.fail(f"{where}.licence must be a string", m["licence"].line)
             licence = m["licence"].value
+        if "split" in m:
+            split = m["split"].value
+            if kind != "video" or split not in config.SPLITS:
+                v.fail(f"{where}.split must be one of {', '.join(config.SPLITS)} (videos only), "
+                       f"got {split!r}", m["split"].line,
+                       "leave it out to let the hash of the video's group choose")
         forced_path = refs[0] == "path"
     elif isinstance(loc.value, str) and loc.value.strip():
         ref = loc.value.strip()
@@ -288,7 +308,7 @@ def _source(v: _Validator, loc: _Located, kind: str, person_id: str, base: Path,
                    + ("; for the demo run 'dsbuilder demo' first" if "demo-media" in ref else ""))
         ref, ref_type = str(p), "path"
     return SourceSpec(kind=kind, ref=ref, ref_type=ref_type, person_id=person_id,
-                      licence=licence, line=loc.line)
+                      licence=licence, line=loc.line, split=split)
 
 
 def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe:

@@ -118,6 +118,12 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
     ("name: t\npeople: [{id: a, photos: ['ytsearch2:x']}]\n", "searches are for videos"),
     ("name: t\npeople: [{id: a, photos: [{url: 'http://x/y.jpg', path: 'z'}]}]\n", "exactly one"),
     ("name: t\npeople:\n  - id: a\n   photos: []\n", "YAML syntax error"),
+    ("name: t\npeople: [{id: a}]\nstages:\n  report: {}\n  report: {group_by: video}\n",
+     "'report' appears twice"),
+    ("name: t\npeople: [{id: a, videos: [{url: 'https://x.org/v', split: dev}]}]\n",
+     "split must be one of train, val, test"),
+    ("name: t\npeople: [{id: a, photos: [{url: 'https://x.org/a.jpg', split: test}]}]\n",
+     "videos only"),
     ("", "empty"),
 ])
 def test_invalid_recipes(tmp_path, body, needle):
@@ -135,6 +141,26 @@ def test_params_hash_changes_only_with_the_stage(tmp_path, photo):
     assert params_hash(r1.stage_params("shots")) != params_hash(r2.stage_params("shots"))
     r3 = load_recipe(write(tmp_path, base + "limits: {max_duration_s: 10}\n"))
     assert params_hash(r1.stage_params("scrape")) != params_hash(r3.stage_params("scrape"))
+
+
+def test_a_video_entry_can_hold_its_videos_in_a_split(tmp_path):
+    body = """\
+        name: t
+        people:
+          - id: ada
+            videos:
+              - {url: "https://example.org/a.mp4", split: test}
+              - https://example.org/b.mp4
+        """
+    r = load_recipe(write(tmp_path, body))
+    pinned, free = [s for s in r.sources()]
+    assert pinned.split == "test" and free.split is None
+    assert r.split_pins() == {pinned.spec_id: "test"}
+    # the report's parameters carry the pins: moving a video to another split redoes the report
+    moved = load_recipe(write(tmp_path, body.replace("split: test", "split: val")))
+    assert params_hash(r.stage_params("report")) != params_hash(moved.stage_params("report"))
+    assert params_hash(r.stage_params("faces")) == params_hash(moved.stage_params("faces"))
+    assert r.effective()["people"][0]["videos"][0]["split"] == "test"
 
 
 def test_repo_recipes_are_valid():

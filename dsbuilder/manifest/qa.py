@@ -245,7 +245,8 @@ def _check_tracks_and_clips(ws: Workspace, tables: dict[str, list[dict[str, Any]
 
 
 def _check_splits(ws: Workspace, clips: list[dict[str, Any]], problems: list[str]) -> None:
-    """Each clip's split is the one its group hashes to under the report's ratios and seed."""
+    """Each clip's split is the one its group hashes to under the report's ratios and seed, or the
+    one the recipe pinned a video of its group to (``splits.pinned`` of report.json)."""
     import json
 
     path = ws.root / "report" / "report.json"
@@ -253,15 +254,20 @@ def _check_splits(ws: Workspace, clips: list[dict[str, Any]], problems: list[str
         splits = json.loads(path.read_text())["splits"]
         ratios = [float(splits["ratios"][s]) for s in ("train", "val", "test")]
         seed = int(splits["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+        pinned = dict(splits.get("pinned") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # no report yet: nothing to compare with
     from dsbuilder.stages.report import split_of
 
+    group_pin = {c["split_group"]: pinned[c["source_id"]] for c in clips
+                 if c["source_id"] in pinned}
     for c in clips:
-        want = split_of(c["split_group"], ratios, seed)
+        pin = group_pin.get(c["split_group"])
+        want = pin or split_of(c["split_group"], ratios, seed)
         if c["split"] != want:
+            why = "pinned by the recipe" if pin else f"ratios {ratios}, seed {seed}"
             problems.append(f"clips {c['clip_id']}: split {c['split']!r}, but its group "
-                            f"{c['split_group']} belongs to {want!r} (ratios {ratios}, seed {seed})")
+                            f"{c['split_group']} belongs to {want!r} ({why})")
 
 
 def _class(k: int) -> str:

@@ -41,6 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dsbuilder import config
 from dsbuilder.config import STAGES, Param
 from dsbuilder import __version__
 from dsbuilder.errors import StageError
@@ -90,8 +91,9 @@ SPEC = StageSpec(
     },
     options=(),
 )
-SPLITS = ("train", "val", "test")
+SPLITS = config.SPLITS
 GROUPINGS = ("identity_and_video", "video", "identity")
+GROUP_NOUNS = {"identity_and_video": "videos and people", "video": "videos", "identity": "people"}
 
 #: Where the report files go, relative to the workspace.
 REPORT_DIR = "report"
@@ -314,16 +316,48 @@ def split_of(group: str, ratios: Sequence[float], seed: int) -> str:
 
 
 def assign_splits(clips: list[dict[str, Any]], ratios: Sequence[float], group_by: str,
-                  seed: int) -> None:
-    """Fill ``split`` and ``split_group`` of every clip row (in place)."""
+                  seed: int, pins: Mapping[str, str] | None = None) -> None:
+    """Fill ``split`` and ``split_group`` of every clip row (in place). ``pins``: source_id -> the
+    split the recipe holds that video in; a pinned video takes its whole group there, and a group
+    with two different pins is an error (it cannot be in both)."""
     if len(ratios) != len(SPLITS) or min(ratios) < 0 or sum(ratios) <= 0:
         raise StageError(f"split ratios must be {len(SPLITS)} non-negative numbers with a positive "
                          f"sum, got {list(ratios)}",
                          "set stages.report.train_ratio / val_ratio / test_ratio")
     groups = _groups(clips, group_by)
+    pinned: dict[str, tuple[str, str]] = {}  # group -> (split, the source that pinned it)
+    for c in sorted(clips, key=lambda c: c["source_id"]):
+        split = (pins or {}).get(c["source_id"])
+        if split is None:
+            continue
+        g = groups[c["clip_id"]]
+        prev = pinned.setdefault(g, (split, c["source_id"]))
+        if prev[0] != split:
+            raise StageError(f"videos {prev[1]} (split {prev[0]}) and {c['source_id']} (split "
+                             f"{split}) are in one group under group_by {group_by} (they share a "
+                             "person or a video), so they cannot be in different splits",
+                             "pin them to the same split, or set stages.report.group_by: video")
     for c in clips:
         c["split_group"] = groups[c["clip_id"]]
-        c["split"] = split_of(c["split_group"], ratios, seed)
+        pin = pinned.get(c["split_group"])
+        c["split"] = pin[0] if pin else split_of(c["split_group"], ratios, seed)
+
+
+def source_pins(sources: Iterable[Mapping[str, Any]], request_pins: Mapping[str, str]
+                ) -> dict[str, str]:
+    """source_id -> split, from the recipe entries that led to each source (``request_ids``) and
+    their ``split:`` (``request_pins``: entry id -> split). One video under two entries that pin
+    different splits is a recipe error."""
+    out: dict[str, str] = {}
+    for row in sources:
+        splits = sorted({request_pins[r] for r in row["request_ids"] or () if r in request_pins})
+        if len(splits) > 1:
+            raise StageError(f"video {row['source_id']} is listed by recipe entries pinned to "
+                             f"different splits ({', '.join(splits)})",
+                             "give the entries that list the same video one split")
+        if splits:
+            out[row["source_id"]] = splits[0]
+    return out
 
 
 def check_leakage(clips: Sequence[Mapping[str, Any]], group_by: str) -> list[str]:
@@ -415,8 +449,11 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
             "group_by": params["group_by"], "seed": params["split_seed"],
             "ratios": dict(zip(SPLITS, _ratios(params))),
             "leakage": "none",
+            "pinned": {sid: split for sid, split in sorted(
+                source_pins(sources, params.get("split_pins") or {}).items())},
             "warnings": [f"The {s} split has no clip: {len({c['split_group'] for c in clips})} "
-                         f"group(s) of videos and people are too few for the ratios."
+                         f"group(s) of {GROUP_NOUNS[params['group_by']]} are too few for the "
+                         "ratios (a video entry's `split:` can hold a video in it)."
                          for s, r in zip(SPLITS, _ratios(params))
                          if clips and r > 0 and not split_counts[s]["clips"]],
             "realised": {s: {"clips": v["clips"], "seconds": round(v["seconds"], 3),
@@ -550,6 +587,8 @@ def render_html(report: Mapping[str, Any], figures: Mapping[str, Any] | None = N
              "<h2>Reference faces</h2>", _figures_html(figures, "references"),
              f"<h2>Splits</h2><p>Grouped by <code>{esc(report['splits']['group_by'])}</code> "
              f"(seed {report['splits']['seed']}); leakage: {esc(report['splits']['leakage'])}."
+             + (f" {len(report['splits']['pinned'])} video(s) held in a split by the recipe."
+                if report["splits"]["pinned"] else "")
              + "".join(f" {esc(w)}" for w in report["splits"]["warnings"]) + "</p>",
              _table(("split", "target share", "clips", "seconds", "people", "videos"),
                     ((s, report["splits"]["ratios"][s], v["clips"], v["seconds"], v["people"],
@@ -636,7 +675,9 @@ def dataset_card(report: Mapping[str, Any]) -> str:
         "## Splits", "",
         f"Grouped by `{sp['group_by']}`, seed {sp['seed']}: no video"
         + (" and no person" if sp["group_by"] == "identity_and_video" else "")
-        + " is in two splits.", "",
+        + " is in two splits."
+        + (f" {len(sp['pinned'])} video(s) are held in their split by the recipe; the others are "
+           "placed by a hash of their group." if sp["pinned"] else ""), "",
         "| split | target | clips | seconds |", "|---|---:|---:|---:|",
         *(f"| {s} | {sp['ratios'][s]:.2f} | {v['clips']} | {v['seconds']:.1f} |"
           for s, v in sp["realised"].items()), "",
@@ -865,7 +906,8 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                     ", ".join(unknown[:5]))
     if not clips:
         log.warning("report: no labelled clip yet; run the stages before it (dsbuilder run RECIPE)")
-    assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]))
+    assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]),
+                  source_pins(tables["sources"], params.get("split_pins") or {}))
     leaks = check_leakage(clips, params["group_by"])
     if leaks:  # cannot happen by construction; checked anyway, as a trainer relies on it
         raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
