@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,6 +51,8 @@ class Shot:
     transition: str = "cut"  # how this shot begins: cut | fade | dissolve
     transition_frames: int = 0  # length of a fade/dissolve
     zoom: float = 1.15  # the crop window moves across a picture zoomed this much
+    #: frame index in the shot -> the picture then (a talking portrait); None: ``picture`` throughout
+    animate: Callable[[int], np.ndarray] | None = None
 
 
 def _view(picture: np.ndarray, size: tuple[int, int], progress: float, zoom: float) -> np.ndarray:
@@ -75,7 +77,8 @@ def render_frames(shots: Sequence[Shot], size: tuple[int, int]):
     for shot in shots:
         # pre-scale once per shot: resizing the zoomed picture each frame is slow
         for i in range(shot.n_frames):
-            frame = _view(shot.picture, size, i / max(1, shot.n_frames - 1), shot.zoom)
+            picture = shot.animate(i) if shot.animate else shot.picture
+            frame = _view(picture, size, i / max(1, shot.n_frames - 1), shot.zoom)
             k = shot.transition_frames
             if prev_last is not None and shot.transition == "dissolve" and i < k:
                 a = (i + 1) / (k + 1)
@@ -101,12 +104,14 @@ def transition_frames(shots: Sequence[Shot]) -> list[int]:
 
 
 def write_video(path: str | Path, shots: Sequence[Shot], *, fps: float = 25.0,
-                size: tuple[int, int] = (240, 320), codec: str = "libx264", audio: str | None = "tone",
+                size: tuple[int, int] = (240, 320), codec: str = "libx264",
+                audio: "str | np.ndarray | None" = "tone",
                 vfr_fps: Sequence[float] | None = None, container_format: str | None = None,
                 pix_fmt: str = "yuv420p", faststart: bool = False) -> list[int]:
     """Write ``shots`` to ``path``; return the true transition frames.
 
-    ``audio``: "tone" (a voiced, syllable-like 150 Hz tone modulated at 4 Hz), "silence" or None.
+    ``audio``: "tone" (a voiced, syllable-like 150 Hz tone modulated at 4 Hz), "silence", None, or
+    the samples themselves (mono float32 at 16 kHz; cut or padded with silence to the picture).
     ``vfr_fps``: a frame rate per shot instead of ``fps``, giving variable-frame-rate video.
     ``faststart``: the mp4 index (moov) before the media data, as web downloads have it.
     """
@@ -127,7 +132,7 @@ def write_video(path: str | Path, shots: Sequence[Shot], *, fps: float = 25.0,
             if codec == "libx265":
                 vs.options = {**vs.options, "x265-params": "log-level=error"}
         a_stream = None
-        if audio:
+        if isinstance(audio, np.ndarray) or audio:
             a_stream = out.add_stream("aac", rate=16000, layout="mono")
         t = 0.0
         frames = render_frames(shots, size)
@@ -158,11 +163,16 @@ def speech_like(duration: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     return (0.3 * voiced * env / 1.5).astype(np.float32)
 
 
-def _write_audio(out, stream, duration: float, kind: str) -> None:
+def _write_audio(out, stream, duration: float, kind: "str | np.ndarray") -> None:
     import av
 
     sr = 16000
-    sig = speech_like(duration) if kind == "tone" else np.zeros(int(duration * sr), np.float32)
+    n_total = int(duration * sr)
+    if isinstance(kind, np.ndarray):
+        sig = np.zeros(n_total, np.float32)
+        sig[:min(n_total, len(kind))] = kind[:n_total]
+    else:
+        sig = speech_like(duration) if kind == "tone" else np.zeros(n_total, np.float32)
     n = stream.codec_context.frame_size or 1024
     pts = 0
     for i in range(0, len(sig), n):
@@ -212,14 +222,14 @@ def standard_shots(n: int = 4, frames: int = 40, seed: int = 0, transitions: Seq
     return shots
 
 
-def dub_video(src: str | Path, dest: str | Path, samples: np.ndarray | None, rate: int = 16000
-              ) -> None:
+def dub_video(src: str | Path, dest: str | Path, samples: np.ndarray | None, rate: int = 16000,
+              container_format: str | None = None) -> None:
     """A copy of ``src``'s picture (packets copied, not re-encoded) with its sound replaced by
     ``samples`` (mono float32 at ``rate``; None: no audio stream). Makes the dubbed and silent clips
     the speaker tests need from a real face video."""
     import av
 
-    with av.open(str(src)) as inp, av.open(str(dest), "w") as out:
+    with av.open(str(src)) as inp, av.open(str(dest), "w", format=container_format) as out:
         vin = inp.streams.video[0]
         vout = out.add_stream_from_template(vin)
         astream = None
