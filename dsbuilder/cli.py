@@ -423,6 +423,12 @@ def demo(workspace: Path | None, no_progress: bool) -> None:
         raise DsbuilderError("the demo's manifests did not validate: " + problems[0],
                              "run `dsbuilder manifest validate` on the workspace for all problems")
     click.echo("demo manifests validated: dsbuilder manifest validate " + str(ws.root))
+    click.echo("\nWhat each stage kept and dropped:")
+    for line in demo_mod.stage_lines(ws):
+        click.echo(line)
+    click.echo("")
+    for line in demo_mod.next_steps(ws, recipe_path, demo_mod.program_name(sys.argv[0])):
+        click.echo(line)
 
 
 @cli.command()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -84,11 +83,9 @@ def tree_hashes(ws: Path) -> dict[str, str]:
 def demo_recipe(tmp_path_factory) -> Path:
     from dsbuilder import demo
 
-    d = tmp_path_factory.mktemp("demo")
-    demo.make_media(d / "demo-media")
-    recipe = d / "demo.yaml"
-    shutil.copy(demo.RECIPE, recipe)
-    return recipe
+    # three videos of two people (one of both): work for two workers in every stage
+    return demo.make_recipe(tmp_path_factory.mktemp("demo"),
+                            ("hopper-talk.mp4", "collins-talk.mp4", "interview.mp4"))
 
 
 def run_demo(recipe: Path, ws: Path, config: ExecutorConfig) -> None:

@@ -222,14 +222,12 @@ def test_tables_read_with_pandas_and_duckdb(tmp_path, media):
 
 @pytest.fixture(scope="module")
 def demo_recipe(tmp_path_factory) -> Path:
-    """The offline demo's recipe and media (faces, a bystander, speech) in a temporary folder."""
+    """Part of the offline demo (two people's photos, a talking face with a bystander, a video
+    without sound), so that every stage has work, in a temporary folder."""
     from dsbuilder import demo
 
-    d = tmp_path_factory.mktemp("demo")
-    demo.make_media(d / "demo-media")
-    recipe = d / "demo.yaml"
-    recipe.write_text((demo.REPO / "recipes" / "demo.yaml").read_text())
-    return recipe
+    return demo.make_recipe(tmp_path_factory.mktemp("demo"),
+                            ("hopper-talk.mp4", "hopper-silent-film.mp4"))
 
 
 def all_manifest_rows(ws: Path) -> dict[str, list[dict]]:

@@ -74,6 +74,37 @@ def test_zero_ratios_leave_a_split_empty_and_bad_ratios_are_refused():
             report_stage.assign_splits(clips, bad, "video", seed=0)
 
 
+def test_pinned_videos_take_their_group_to_their_split():
+    clips = [clip("a1", "ann", "v1"), clip("a2", "ann", "v2"), clip("b1", "bob", "v3")]
+    clips += [clip(f"x{i}", f"p{i}", f"w{i}") for i in range(30)]
+    free = [dict(c) for c in clips]
+    report_stage.assign_splits(free, (0.8, 0.1, 0.1), "identity_and_video", seed=0)
+    pins = {"v1": "test", "v3": "val"}
+    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", seed=0, pins=pins)
+    by_id = {c["clip_id"]: c for c in clips}
+    # v1 pins ann's whole group (v2 too), v3 pins bob; everyone else keeps the hash's split
+    assert by_id["a1"]["split"] == by_id["a2"]["split"] == "test" and by_id["b1"]["split"] == "val"
+    assert [c["split"] for c in clips[3:]] == [c["split"] for c in free[3:]]
+    assert report_stage.check_leakage(clips, "identity_and_video") == []
+    # two pins in one group cannot both hold
+    with pytest.raises(StageError, match="cannot be in different splits") as e:
+        report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", seed=0,
+                                   pins={"v1": "test", "v2": "train"})
+    assert "group_by: video" in e.value.hint
+    report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "video", seed=0,
+                               pins={"v1": "test", "v2": "train"})
+    assert (by_id["a1"]["split"], by_id["a2"]["split"]) == ("test", "train")
+
+
+def test_source_pins_come_from_the_recipe_entries_that_led_to_a_source():
+    sources = [{"source_id": "v1", "request_ids": ["req-a"]},
+               {"source_id": "v2", "request_ids": ["req-a", "req-b"]},
+               {"source_id": "v3", "request_ids": ["req-c"]}]
+    assert report_stage.source_pins(sources, {"req-a": "test"}) == {"v1": "test", "v2": "test"}
+    with pytest.raises(StageError, match="v2"):
+        report_stage.source_pins(sources, {"req-a": "test", "req-b": "val"})
+
+
 def test_check_leakage_names_the_clip_and_what_leaked():
     clips = [dict(clip("a", "ann", "v1"), split="train"), dict(clip("b", "ann", "v2"), split="test")]
     assert report_stage.check_leakage(clips, "video") == []
@@ -142,10 +173,12 @@ def test_report_files_tell_where_every_clip_came_from_and_why_things_were_droppe
         assert info["examples"]
     assert set(report["stages"]) == set(recipe.stages)
     assert report["splits"]["leakage"] == "none"
-    # the demo's people and videos form fewer groups than splits: the report says which are empty
+    # the demo holds one video in val and one in test: every split has clips and nothing warns
     realised = report["splits"]["realised"]
-    empty = [s for s in report_stage.SPLITS if not realised[s]["clips"]]
-    assert len(report["splits"]["warnings"]) == len(empty)
+    assert all(realised[s]["clips"] for s in report_stage.SPLITS)
+    assert report["splits"]["warnings"] == [] and report["splits"]["pinned"]
+    assert report["counts"]["speaking_clips"] >= 1
+    assert len(report["people"]) == 2 and all(p["clips"] for p in report["people"])
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
     for c in clips:
@@ -210,8 +243,7 @@ def test_cli_report_command(demo_ws):
     assert r.returncode == 0, r.stderr
     assert "report: " in r.stdout and "report.html" in r.stdout
     bad = recipe.path.with_name("bad.yaml")  # beside the demo's: its paths are relative
-    bad.write_text(recipe.path.read_text().replace(
-        "stages:\n", "stages:\n  report:\n    group_by: speaker\n", 1))
+    bad.write_text(recipe.path.read_text().replace("group_by: video", "group_by: speaker", 1))
     r = run_cli("report", str(bad), "-w", str(ws.root))
     assert r.returncode == 2 and "group_by" in r.stderr
 
@@ -271,7 +303,7 @@ def test_the_curators_review_rejects_and_accepts_clips(demo_workspace, tmp_path)
                       "src-gone-shot0000-trk000,reject,\n")
     reviewed = recipe.path.with_name("reviewed.yaml")
     reviewed.write_text(recipe.path.read_text().replace(
-        "stages:\n", "stages:\n  report:\n    review: review.csv\n", 1))
+        "  report:\n", "  report:\n    review: review.csv\n", 1))
     rec = load_recipe(reviewed, ws.root)
     assert rec.stages["report"]["review"] == str(review.resolve())
     pipeline.run_stage("report", rec, ws, progress=False)
@@ -447,7 +479,7 @@ def test_validate_catches_tampered_clips(demo_workspace, tmp_path, tamper):
         rows = pq.read_table(p).to_pylist()
         pq.write_table(pa.Table.from_pylist(rows[1:], schema=pq.read_schema(p)), p)
     elif tamper == "delete_hmm":
-        (model,) = {r["model_path"] for r in pq.read_table(table_path(ws, "segments")).to_pylist()}
+        model = min({r["model_path"] for r in pq.read_table(table_path(ws, "segments")).to_pylist()})
         (ws.root / model).unlink()
     elif tamper == "corrupt_page":
         data = bytearray(path.read_bytes())

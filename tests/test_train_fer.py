@@ -21,11 +21,18 @@ def test_fine_tuning_gets_closer_to_the_smoothed_labels_and_exports_onnx(demo_wo
     shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
     metrics = fer.train(ws, {"epochs": 4}, progress=False)
     labelled = [r for r in read_table(ws, "labels").to_pylist() if r["fer_probs_smoothed"]]
-    assert metrics["train"]["items"] == len(labelled)  # the demo's clips are short: every frame
+    cap = fer.FerTrainConfig.from_mapping({}).max_frames_per_clip
+    expected = 0  # every labelled frame of the train clips, at most `cap` a clip
+    for c in read_table(ws, "clips").to_pylist():
+        if c["split"] == "train":
+            n = sum(1 for r in labelled if r["track_id"] == c["track_id"]
+                    and c["crop_start_frame"] <= r["crop_frame"] < c["crop_end_frame"])
+            expected += min(n, cap)
+    assert 0 < metrics["train"]["items"] == expected
     assert metrics["train"]["kl"] < metrics["train_before"]["kl"] < metrics["train"]["kl_prior"]
     out = ws.root / fer.MODEL_DIR
     config = json.loads((out / "config.json").read_text())
-    assert config["held_out_split"] is None and config["target"] == "smoothed"
+    assert config["held_out_split"] == "val" and config["target"] == "smoothed"  # the demo has one
     assert "| train_before |" in (out / "model_card.md").read_text()
     # the ONNX export is the trained network, usable as the label stage's fer_model
     import torch
@@ -44,6 +51,8 @@ def test_a_held_out_split_picks_the_best_epoch(demo_workspace, tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     shutil.copytree(demo.root, ws.root, dirs_exist_ok=True)
     clips = read_table(ws, "clips").to_pylist()
+    for c in clips:  # one clip held out
+        c["split"] = "train"
     clips[0]["split"] = "val"
     write_table(ws, "clips", [{k: v for k, v in c.items() if k not in (
         "schema_version", "stage_params_hash", "dsbuilder_version")} for c in clips], "h")
