@@ -91,7 +91,7 @@ def _timeline(clip: Mapping[str, Any], labels: Sequence[Mapping[str, Any]],
         axes[2].axvspan(float(s["start_s"]) - t0, float(s["end_s"]) - t0,
                         color=plt.cm.tab10(int(s["state"]) % 10), lw=0)
     axes[0].set_ylim(0, 1)
-    axes[1].set_ylim(-1, 1)
+    axes[1].set_ylim(-1.08, 1.08)  # a speaking probability of 1 stays above the frame line
     axes[2].set_yticks([])
     axes[0].set_yticks([])
     axes[1].set_yticks([])
