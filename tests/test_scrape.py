@@ -593,3 +593,16 @@ def test_robots_txt_applies_to_direct_video_urls(server, media, tmp_path):
     assert [r["reason"] for r in rej] == ["robots_disallowed"], rej
     assert server.counts().get("/private/clip.mp4", 0) <= 1  # yt-dlp's probe at most, no download
     assert not [s for s in read_table(ws, "sources").to_pylist() if s["status"] == "ok"]
+
+
+def test_rule_rejections_are_information_and_unreachable_sources_warnings(caplog):
+    import logging
+
+    from dsbuilder.stages import scrape
+
+    assert scrape.RULE_REASONS <= set(scrape.SPEC.reasons)
+    with caplog.at_level(logging.INFO, logger="dsbuilder.stages.scrape"):
+        scrape._log_rejected("video", "a.mp4", {"reason": "no_audio", "detail": "no audio stream"})
+        scrape._log_rejected("photo", "b.jpg", {"reason": "http_error", "detail": "404"})
+    levels = {r.getMessage().split(":")[1].strip(): r.levelno for r in caplog.records}
+    assert levels == {"no_audio": logging.INFO, "http_error": logging.WARNING}

@@ -125,6 +125,21 @@ SPEC = StageSpec(
                       "truncated).", is_flag=True),),
 )
 
+
+#: Rejections that are the recipe's rules doing their job (logged as information); the others are
+#: sources that could not be had (network, server, extraction, files: logged as warnings).
+RULE_REASONS = frozenset({"too_large", "too_long", "licence_not_allowed", "robots_disallowed",
+                          "no_audio", "duplicate", "too_small", "taken_down", "outside_folder",
+                          "blocked_address"})
+
+
+def _log_rejected(kind: str, ref: str, rec: dict[str, Any]) -> None:
+    """Log a rejected fetch: a warning when the source could not be had, information when the
+    recipe's rules turned it away (both are rejection rows and in the run's summary)."""
+    level = logging.INFO if rec["reason"] in RULE_REASONS else logging.WARNING
+    log.log(level, "%s %s: %s: %s", kind, ref, rec["reason"], rec["detail"])
+
+
 @dataclass
 class _Occurrence:
     """One (recipe entry, listed entry) pair and its item record, for assembling the tables."""
@@ -212,7 +227,7 @@ class _Scrape:
                 rec = rejected(as_rejection(exc, spec.ref))
             if rec["status"] == "rejected":
                 self.computed += 1
-                log.warning("%s %s: %s: %s", spec.kind, spec.ref, rec["reason"], rec["detail"])
+                _log_rejected(spec.kind, spec.ref, rec)
             self.ws.put_record(STAGE, key, rec)
         self.memo[key] = rec
         return rec
@@ -255,7 +270,7 @@ class _Scrape:
             except item_errors() as exc:
                 rec = rejected(as_rejection(exc, entry.ref))
             if rec["status"] == "rejected":
-                log.warning("%s %s: %s: %s", spec.kind, entry.ref, rec["reason"], rec["detail"])
+                _log_rejected(spec.kind, entry.ref, rec)
             else:
                 log.info("%s %s -> %s", spec.kind, entry.ref, rec["source"]["local_path"])
             self.ws.put_record(STAGE, key, rec)
