@@ -51,7 +51,7 @@ SPEC = StageSpec(
     help='Find where target faces speak: VAD, lip-sync scoring and a voice check.',
     reads=('sources', 'tracks', 'frames'),
     writes=('speech', 'speaking_frames', 'vad_segments'),
-    code_version='2',
+    code_version='3',
     params={
 "vad": Param(str, "webrtc", "voice-activity detector (silero: the silero-vad wheel's ONNX model, "
              "needs `pip install --no-deps silero-vad`)", choices=("webrtc", "silero")),
