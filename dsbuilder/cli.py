@@ -427,7 +427,8 @@ def demo(workspace: Path | None, no_progress: bool) -> None:
     for line in demo_mod.stage_lines(ws):
         click.echo(line)
     click.echo("")
-    for line in demo_mod.next_steps(ws, recipe_path, demo_mod.program_name(sys.argv[0])):
+    for line in demo_mod.next_steps(ws, recipe_path, demo_mod.program_name(sys.argv[0]),
+                                    workspace_given=workspace is not None):
         click.echo(line)
 
 

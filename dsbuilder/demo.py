@@ -4,13 +4,16 @@ Everything here is generated, nothing is downloaded and nothing comes from ``../
 
 * ``grace_hopper.jpg`` ships inside matplotlib (``matplotlib/mpl-data/sample_data``). It is an official
   US Navy photograph of Rear Admiral Grace M. Hopper (1984), a work of the US federal government and so
-  in the **public domain**. The demo crops, flips and re-lights it into reference photos, and pans over
-  it in video shots.
+  in the **public domain**. The demo crops, flips and re-lights it into reference photos, and makes it
+  talk in five videos.
 * ``astronaut.png`` ships inside scikit-image (``skimage/data``): NASA photograph of astronaut Eileen
-  Collins, a work of the US federal government, **public domain**. It plays the bystander: a face in
-  the videos that is nobody in the recipe, so the faces stage must never store it.
-* The other shots are seeded colour textures drawn by :mod:`dsbuilder.synth` (ours, CC0), and the sound
-  is a synthetic voiced signal (ours, CC0).
+  Collins, a work of the US federal government, **public domain**. The second person, talking in two
+  videos (one shared with Grace Hopper).
+* ``camera.png`` ships inside scikit-image: a man with a film camera, photographed by Lav Varshney,
+  **CC0**. He plays the bystander: a face in a video that is nobody in the recipe, so the faces stage
+  must never store it.
+* The other shots are seeded colour textures drawn by :mod:`dsbuilder.synth`, and the voices are
+  synthesised by :mod:`dsbuilder.talking`, which also moves the portraits' jaw and lips (ours, CC0).
 
 The media land in ``recipes/demo-media/`` (git-ignored); they are made when missing or when
 :data:`MEDIA_VERSION` changes.
@@ -199,11 +202,11 @@ def prepare() -> Path:
     return RECIPE
 
 
-def _dropped(rejections: list[dict[str, Any]], stage: str, verb: str = "dropped") -> str:
+def _dropped(rejections: list[dict[str, Any]], stage: str) -> str:
     counts = Counter(r["reason"] for r in rejections if r["stage"] == stage)
     if not counts:
-        return f"{verb} nothing"
-    return f"{verb} {sum(counts.values())} (" + ", ".join(
+        return "dropped nothing"
+    return f"dropped {sum(counts.values())} (" + ", ".join(
         f"{reason} {n}" for reason, n in sorted(counts.items())) + ")"
 
 
@@ -221,41 +224,60 @@ def stage_lines(ws: Any) -> list[str]:
     speech = rows("speech")
     clips = rows("clips")
     kept_tracks = [t for t in tracks if t["kept"]]
-    speaking = {s["track_id"] for s in speech if s["speaking"]}
-    judged = {s["track_id"] for s in speech}
     by_person = Counter(t["person_id"] for t in kept_tracks)
     splits = Counter(c["split"] for c in clips)
     kinds = Counter(r["kind"] for r in sources)
+    # speakers: per track, speaking when any of its segments speaks; a track that never does is
+    # named by the reason of its segments (it stays a clip, marked not speaking); tracks the stage
+    # could not score (no speech rows) are dropped with their own rejection
+    segs: dict[str, list[dict[str, Any]]] = {}
+    for r in speech:
+        segs.setdefault(r["track_id"], []).append(r)
+    speaking = [t for t, rs in segs.items() if any(r["speaking"] for r in rs)]
+    quiet = Counter(next((r["reason"] for r in rs if r["reason"]), "not_speaking")
+                    for t, rs in segs.items() if t not in speaking)
+    unscored = [r for r in rej if r["stage"] == "speakers" and r["item_id"] not in segs
+                and not any(r["item_id"].startswith(f"{t}-") for t in segs)]
     lines = {
-        "scrape": f"{kinds['photo']} photos and {kinds['video']} videos stored with provenance",
-        "dictionary": f"{sum(f['kept'] for f in faces)} of {len(faces)} reference faces kept "
-                      f"for {len({f['person_id'] for f in faces})} people",
-        "shots": f"{read_table(ws, 'shots').num_rows} shots in {kinds['video']} videos",
-        "faces": f"{len(kept_tracks)} target face tracks cropped ("
-                 + ", ".join(f"{p} {n}" for p, n in sorted(by_person.items()))
-                 + "); others' tracks are boxes in the manifest, never pixels",
-        "speakers": f"{len(speaking)} of {len(judged)} tracks speaking",
-        "label": f"{read_table(ws, 'labels').num_rows} frames labelled (FER, valence/arousal, "
-                 f"AUs), {read_table(ws, 'segments').num_rows} HMM segments",
-        "report": f"{len(clips)} clips ({sum(bool(c['speaking']) for c in clips)} speaking): "
-                  + ", ".join(f"{s} {splits[s]}" for s in ("train", "val", "test")),
+        "scrape": (f"{kinds['photo']} photos and {kinds['video']} videos stored with provenance",
+                   _dropped(rej, "scrape")),
+        "dictionary": (f"{sum(f['kept'] for f in faces)} of {len(faces)} reference faces kept "
+                       f"for {len({f['person_id'] for f in faces})} people",
+                       _dropped(rej, "dictionary")),
+        "shots": (f"{read_table(ws, 'shots').num_rows} shots in {kinds['video']} videos",
+                  _dropped(rej, "shots")),
+        "faces": (f"{len(kept_tracks)} target face tracks cropped ("
+                  + ", ".join(f"{p} {n}" for p, n in sorted(by_person.items()))
+                  + "); others' tracks are boxes in the manifest, never pixels",
+                  _dropped(rej, "faces")),
+        "speakers": (f"{len(speaking)} of {len(segs)} tracks speaking"
+                     + (f", {sum(quiet.values())} not (kept as non-speech clips: "
+                        + ", ".join(f"{k} {n}" for k, n in sorted(quiet.items())) + ")"
+                        if quiet else ""),
+                     _dropped(unscored, "speakers")),
+        "label": (f"{read_table(ws, 'labels').num_rows} frames labelled (FER, valence/arousal, "
+                  f"AUs), {read_table(ws, 'segments').num_rows} HMM segments",
+                  _dropped(rej, "label")),
+        "report": (f"{len(clips)} clips ({sum(bool(c['speaking']) for c in clips)} speaking): "
+                   + ", ".join(f"{s} {splits[s]}" for s in ("train", "val", "test")),
+                   _dropped(rej, "report")),
     }
-    verbs = {"speakers": "not speaking (kept as non-speech clips)"}
-    return [f"  {stage:<11} {text}; {_dropped(rej, stage, verbs.get(stage, 'dropped'))}"
-            for stage, text in lines.items()]
+    return [f"  {stage:<11} {kept}; {dropped}" for stage, (kept, dropped) in lines.items()]
 
 
-def next_steps(ws: Any, recipe_path: Path, program: str) -> list[str]:
-    """Where the report is, and the commands to review the clips and train both students."""
-    recipe = _shown(recipe_path)
+def next_steps(ws: Any, recipe_path: Path, program: str, workspace_given: bool = False
+               ) -> list[str]:
+    """Where the report is, and the commands to review the clips and train both students (with
+    ``-w`` when the demo ran in a workspace of the user's choosing)."""
+    target = _shown(recipe_path) + (f" -w {_shown(ws.root)}" if workspace_given else "")
     return [
         f"Report:  {ws.root / 'report' / 'report.html'}  (open it in a browser; report.json, "
         "dataset_card.md and croissant.json beside it)",
-        f"Review:  {program} review {recipe}  (a page on http://127.0.0.1:8765/ to play, accept "
+        f"Review:  {program} review {target}  (a page on http://127.0.0.1:8765/ to play, accept "
         "and reject clips; the next run applies the decisions)",
-        f"Train:   {program} train speech {recipe} --epochs 10   (speech-emotion student, "
+        f"Train:   {program} train speech {target} --epochs 10   (speech-emotion student, "
         "distilled from the face teacher on the speaking clips)",
-        f"         {program} train fer {recipe} --epochs 2   (the FER teacher fine-tuned on the "
+        f"         {program} train fer {target} --epochs 2   (the FER teacher fine-tuned on the "
         "clips' crops)",
     ]
 

@@ -97,7 +97,8 @@ class Recipe:
         def spec(s: SourceSpec) -> Any:
             if not (s.licence or s.split):
                 return s.ref
-            return {"url" if s.ref_type != "path" else "path": s.ref, "licence": s.licence,
+            return {"url" if s.ref_type != "path" else "path": s.ref,
+                    **({"licence": s.licence} if s.licence else {}),
                     **({"split": s.split} if s.split else {})}
         return {
             "name": self.name,
@@ -343,6 +344,7 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
                "each person: {id, name, photos: [...], videos: [...]}")
     people: list[Person] = []
     seen: set[str] = set()
+    pins: dict[str, SourceSpec] = {}
     for i, ploc in enumerate(people_loc.value):
         where = f"people[{i}]"
         m = v.mapping(ploc, where)
@@ -367,6 +369,11 @@ def load_recipe(path: str | Path, workspace: str | Path | None = None) -> Recipe
             lists[key] = tuple(_source(v, s, kind, pid, base, f"{where}.{key}[{j}]")
                                for j, s in enumerate(items))
         people.append(Person(pid, pname, lists["photos"], lists["videos"]))
+        for spec in lists["videos"]:  # the same video entry listed twice must pin one split
+            other = pins.setdefault(spec.spec_id, spec)
+            if spec.split != other.split and spec.split and other.split:
+                v.fail(f"{spec.ref} is held in split {other.split} on line {other.line} and in "
+                       f"split {spec.split} here", spec.line, "give both entries the same split")
 
     licences = v.section(top.get("licences"), config.LICENCES, "licences")
     if licences["allow"] is not None and not all(isinstance(x, str) for x in licences["allow"]):

@@ -75,7 +75,7 @@ def render_frames(shots: Sequence[Shot], size: tuple[int, int]):
     total = 0
     prev_last = None
     for shot in shots:
-        # pre-scale once per shot: resizing the zoomed picture each frame is slow
+        frame = None
         for i in range(shot.n_frames):
             picture = shot.animate(i) if shot.animate else shot.picture
             frame = _view(picture, size, i / max(1, shot.n_frames - 1), shot.zoom)
@@ -91,7 +91,8 @@ def render_frames(shots: Sequence[Shot], size: tuple[int, int]):
                     frame = (frame * ((i + 1 - half) / half)).clip(0, 255).astype(np.uint8)
             yield frame
             total += 1
-        prev_last = _view(shot.picture, size, 1.0, shot.zoom).astype(np.float32)
+        if frame is not None:  # a fade or dissolve into the next shot starts from what was shown
+            prev_last = frame.astype(np.float32)
 
 
 def transition_frames(shots: Sequence[Shot]) -> list[int]:

@@ -82,6 +82,8 @@ class Voice:
             t += float(rng.uniform(0.25, 0.7))
             if not phrase or t > duration - 0.2:
                 break
+        if not syllables:
+            raise ValueError(f"{duration:.2f} s is too short for a syllable (about 0.5 s at least)")
         peak = float(np.abs(out).max()) or 1.0
         return cls((0.5 * out / peak).astype(np.float32), rate, syllables)
 
@@ -161,7 +163,6 @@ class MouthRig:
         self.inner_half = float(lm[64, 0] - lm[60, 0]) / 2 + 0.08 * self.mouth_w
         self.jaw_left, self.jaw_right = float(lm[4, 0]), float(lm[12, 0])
         self.chin_y = float(lm[8, 1])
-        self.lip_thick = float(np.mean(lm[[57, 58, 56], 1]) - np.mean(lm[[66, 67, 65], 1]))
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         self.xx, self.yy = xx, yy
         lip_line = np.interp(xx[0], self.lip_x, self.lip_y).astype(np.float32)
@@ -178,6 +179,9 @@ class MouthRig:
         # region where the lips change width: around the mouth
         sx, sy = 0.75 * self.mouth_w, 0.45 * self.mouth_w
         self.around = np.exp(-(((xx - self.cx) / sx) ** 2) - (((yy - self.lip_line) / sy) ** 2))
+        # ... and nothing above the nose's tip moves (nostrils, cheeks, eyes)
+        nose = float(lm[33, 1])
+        self.around *= np.clip((yy - nose) / max(1.0, float(self.lip_line.min()) - nose), 0, 1)
 
     def render(self, opening: float, width: float = 1.0) -> np.ndarray:
         """The portrait with the jaw open by ``opening`` (0-1) and the lips ``width`` times as wide."""

@@ -77,10 +77,7 @@ def demo_workspace(tmp_path_factory):
     from dsbuilder.workspace import Workspace
 
     d = tmp_path_factory.mktemp("demo-pipeline")
-    demo.make_media(d / "demo-media")
-    recipe_path = d / "demo.yaml"
-    recipe_path.write_text((demo.REPO / "recipes" / "demo.yaml").read_text())
-    recipe = load_recipe(recipe_path, d / "ws")
+    recipe = load_recipe(demo.make_recipe(d), d / "ws")
     ws = Workspace.open(d / "ws")
     pipeline.run(recipe, ws, progress=False)
     return recipe, ws

@@ -124,6 +124,8 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
      "split must be one of train, val, test"),
     ("name: t\npeople: [{id: a, photos: [{url: 'https://x.org/a.jpg', split: test}]}]\n",
      "videos only"),
+    ("name: t\npeople:\n  - {id: a, videos: [{url: 'https://x.org/v', split: test}]}\n"
+     "  - {id: b, videos: [{url: 'https://x.org/v', split: train}]}\n", "held in split test"),
     ("", "empty"),
 ])
 def test_invalid_recipes(tmp_path, body, needle):

@@ -53,6 +53,12 @@ def test_voice_is_speech_in_its_syllables_and_nothing_in_its_pauses():
     assert not np.array_equal(v.samples, talking.Voice.make(6.0, seed=4).samples)
 
 
+def test_a_voice_too_short_for_a_syllable_is_an_error():
+    with pytest.raises(ValueError, match="too short"):
+        talking.Voice.make(0.3)
+    assert talking.Voice.make(0.6, seed=1).syllables
+
+
 def test_voice_pitch_is_the_speakers():
     low = talking.Voice.make(3.0, seed=1, f0=105.0)
     high = talking.Voice.make(3.0, seed=1, f0=220.0)
@@ -81,6 +87,8 @@ def test_mouth_opens_and_narrows_on_the_landmarks_and_the_eyes_stay(hopper):
     above = int(lm0[[60, 61, 62, 63, 64], 1].min()) - 2
     assert np.array_equal(rig.render(1.0)[:above], picture[:above])
     assert np.abs(wide[36:48].mean(axis=0) - rest[36:48].mean(axis=0)).max() < 2.0
+    nose = int(lm0[33, 1])  # narrowing the lips leaves the nose and all above it alone
+    assert np.array_equal(rig.render(0.5, width=0.74)[:nose], picture[:nose])
     rounded = _landmarks(rig.render(0.5, width=0.74))
     spread = _landmarks(rig.render(0.5, width=1.0))
     assert (rounded[54, 0] - rounded[48, 0]) < 0.92 * (spread[54, 0] - spread[48, 0])

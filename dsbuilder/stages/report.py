@@ -346,10 +346,12 @@ def assign_splits(clips: list[dict[str, Any]], ratios: Sequence[float], group_by
 def source_pins(sources: Iterable[Mapping[str, Any]], request_pins: Mapping[str, str]
                 ) -> dict[str, str]:
     """source_id -> split, from the recipe entries that led to each source (``request_ids``) and
-    their ``split:`` (``request_pins``: entry id -> split). One video under two entries that pin
-    different splits is a recipe error."""
+    their ``split:`` (``request_pins``: entry id -> split); sources the scrape rejected are left
+    out. One video under two entries that pin different splits is an error."""
     out: dict[str, str] = {}
     for row in sources:
+        if row.get("status", "ok") != "ok":  # rejected by scrape: no clip to place
+            continue
         splits = sorted({request_pins[r] for r in row["request_ids"] or () if r in request_pins})
         if len(splits) > 1:
             raise StageError(f"video {row['source_id']} is listed by recipe entries pinned to "
