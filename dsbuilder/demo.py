@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "demo.yaml"
 MEDIA = REPO / "recipes" / "demo-media"
 #: Bump when make_media's output changes: old media are then replaced.
-MEDIA_VERSION = "3"
+MEDIA_VERSION = "4"
 
 
 #: The demo's videos (see :func:`_videos`).
