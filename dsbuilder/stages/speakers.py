@@ -7,8 +7,9 @@ For every video with kept target tracks (table ``tracks``, frames in ``frames``)
    frame times from the track's wav (or the video's audio over the same span), sync scoring
    (:mod:`dsbuilder.speaker.sync`), per-frame speaking probabilities and the gated decision.
 3. A speaking track is split into speaking segments (runs of probability >= 0.5 at least
-   ``min_segment_s`` long); each gets a speaker embedding. A track judged not speaking is one segment
-   with ``speaking`` False and a reason.
+   ``min_segment_s`` long in which the VAD hears speech for at least ``min_vad_ratio``:
+   :func:`speaking_runs`; Light-ASD alone calls a mouth moving over silence speaking); each gets a
+   speaker embedding. A track judged not speaking is one segment with ``speaking`` False and a reason.
 4. Per person, each speaking segment's distance to the person's voice consensus (median embedding);
    outliers become ``voice_mismatch``.
 
