@@ -88,6 +88,19 @@ def demo_recipe(tmp_path_factory) -> Path:
                             ("hopper-talk.mp4", "collins-talk.mp4", "interview.mp4"))
 
 
+@pytest.fixture(scope="module")
+def local_run(demo_recipe, tmp_path_factory) -> dict[str, str]:
+    """The part of the demo run in this process (SOURCE_DATE_EPOCH set): its files' hashes."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    try:
+        ws = tmp_path_factory.mktemp("local")
+        run_demo(demo_recipe, ws, ExecutorConfig("local"))
+        return tree_hashes(ws)
+    finally:
+        mp.undo()
+
+
 def run_demo(recipe: Path, ws: Path, config: ExecutorConfig) -> None:
     from dsbuilder import pipeline
     from dsbuilder.recipe import load_recipe
@@ -99,11 +112,10 @@ def run_demo(recipe: Path, ws: Path, config: ExecutorConfig) -> None:
 
 @pytest.mark.slow
 def test_local_process_and_ray_give_byte_identical_manifests_clips_and_report(
-        demo_recipe, tmp_path, monkeypatch):
+        demo_recipe, local_run, tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
-    run_demo(demo_recipe, tmp_path / "local", ExecutorConfig("local"))
-    expected = tree_hashes(tmp_path / "local")
+    expected = local_run
     assert any(k.startswith("clips/") for k in expected)
     assert "manifests/tracks.parquet" in expected and "report/report.json" in expected
 
@@ -121,17 +133,16 @@ def test_local_process_and_ray_give_byte_identical_manifests_clips_and_report(
 
 @pytest.mark.slow
 def test_a_killed_pool_worker_is_retried_and_the_manifests_are_unchanged(
-        demo_recipe, tmp_path, monkeypatch):
+        demo_recipe, local_run, tmp_path, monkeypatch):
     from dsbuilder.manifest.io import read_table
     from dsbuilder.workspace import Workspace
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
-    run_demo(demo_recipe, tmp_path / "local", ExecutorConfig("local"))
     kill_dir = tmp_path / "kill"
     kill_dir.mkdir()
     monkeypatch.setenv("DSBUILDER_KILL_WORKER_ONCE", str(kill_dir))
     run_demo(demo_recipe, tmp_path / "process", ExecutorConfig("process", jobs=2))
     assert (kill_dir / "killed").exists()
-    assert tree_hashes(tmp_path / "process") == tree_hashes(tmp_path / "local")
+    assert tree_hashes(tmp_path / "process") == local_run
     rej = read_table(Workspace(tmp_path / "process"), "rejections").to_pylist()
     assert not [r for r in rej if r["reason"] in ("worker_lost", "internal_error")]
