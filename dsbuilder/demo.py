@@ -212,7 +212,7 @@ def _dropped(rejections: list[dict[str, Any]], stage: str) -> str:
 
 def stage_lines(ws: Any) -> list[str]:
     """One line per stage: what it kept and what it dropped, with the reasons (from the manifests)."""
-    from dsbuilder.manifest.io import read_table
+    from dsbuilder.manifest.io import count_rows, read_table
 
     def rows(name: str) -> list[dict[str, Any]]:
         return read_table(ws, name).to_pylist()
@@ -236,15 +236,15 @@ def stage_lines(ws: Any) -> list[str]:
     speaking = [t for t, rs in segs.items() if any(r["speaking"] for r in rs)]
     quiet = Counter(next((r["reason"] for r in rs if r["reason"]), "not_speaking")
                     for t, rs in segs.items() if t not in speaking)
-    unscored = [r for r in rej if r["stage"] == "speakers" and r["item_id"] not in segs
-                and not any(r["item_id"].startswith(f"{t}-") for t in segs)]
+    speech_ids = {r["speech_id"] for r in speech}  # a segment's rejection names its speech row
+    unscored = [r for r in rej if r["stage"] == "speakers" and r["item_id"] not in speech_ids]
     lines = {
         "scrape": (f"{kinds['photo']} photos and {kinds['video']} videos stored with provenance",
                    _dropped(rej, "scrape")),
         "dictionary": (f"{sum(f['kept'] for f in faces)} of {len(faces)} reference faces kept "
                        f"for {len({f['person_id'] for f in faces})} people",
                        _dropped(rej, "dictionary")),
-        "shots": (f"{read_table(ws, 'shots').num_rows} shots in {kinds['video']} videos",
+        "shots": (f"{count_rows(ws, 'shots')} shots in {kinds['video']} videos",
                   _dropped(rej, "shots")),
         "faces": (f"{len(kept_tracks)} target face tracks cropped ("
                   + ", ".join(f"{p} {n}" for p, n in sorted(by_person.items()))
@@ -255,8 +255,8 @@ def stage_lines(ws: Any) -> list[str]:
                         + ", ".join(f"{k} {n}" for k, n in sorted(quiet.items())) + ")"
                         if quiet else ""),
                      _dropped(unscored, "speakers")),
-        "label": (f"{read_table(ws, 'labels').num_rows} frames labelled (FER, valence/arousal, "
-                  f"AUs), {read_table(ws, 'segments').num_rows} HMM segments",
+        "label": (f"{count_rows(ws, 'labels')} frames labelled (FER, valence/arousal, "
+                  f"AUs), {count_rows(ws, 'segments')} HMM segments",
                   _dropped(rej, "label")),
         "report": (f"{len(clips)} clips ({sum(bool(c['speaking']) for c in clips)} speaking): "
                    + ", ".join(f"{s} {splits[s]}" for s in ("train", "val", "test")),

@@ -52,3 +52,25 @@ def test_program_name_is_what_the_shell_finds(tmp_path, monkeypatch):
     assert demo.program_name(str(exe)) == os.path.join("bin", "dsbuilder")  # not on PATH
     monkeypatch.setenv("PATH", str(exe.parent))
     assert demo.program_name(str(exe)) == "dsbuilder"
+
+
+def test_a_track_the_speakers_stage_could_not_score_is_dropped(demo_workspace, monkeypatch):
+    import pyarrow as pa
+
+    from dsbuilder.manifest import io
+
+    _, ws = demo_workspace
+    real = io.read_table
+
+    def with_unscored(w, name):
+        table = real(w, name)
+        if name != "rejections":
+            return table
+        rows = table.to_pylist()
+        rows.append({**rows[0], "stage": "speakers", "reason": "too_short",
+                     "item_id": "src-x-shot0000-trk000"})  # a track id: it has no speech rows
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    monkeypatch.setattr(io, "read_table", with_unscored)
+    speakers = next(line for line in demo.stage_lines(ws) if line.split()[0] == "speakers")
+    assert speakers.endswith("dropped 1 (too_short 1)")
