@@ -84,8 +84,9 @@ class Recipe:
         if stage == "scrape":
             params["limits"] = dict(self.limits)
             params["licences"] = dict(self.licences)
-        if stage == "report" and self.split_pins():
-            params["split_pins"] = self.split_pins()
+        pins = self.split_pins() if stage == "report" else None
+        if pins:
+            params["split_pins"] = pins
         return params
 
     def split_pins(self) -> dict[str, str]:

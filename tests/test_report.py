@@ -223,7 +223,7 @@ def test_report_escapes_what_sources_say(demo_ws):
                                       tables["sources"], report_stage.read_labels(ws), params)
     report_stage.assign_splits(clips, (0.8, 0.1, 0.1), "identity_and_video", 0)
     page = report_stage.render_html(report_stage.build_report(recipe, tables, sizes, clips, params,
-                                                              5))
+                                                              5, pins={}))
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 

@@ -398,7 +398,8 @@ def _plain(v: Any) -> Any:
 
 def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
                  sizes: Mapping[str, int], clips: Sequence[Mapping[str, Any]],
-                 params: Mapping[str, Any], examples: int) -> dict[str, Any]:
+                 params: Mapping[str, Any], examples: int, pins: Mapping[str, str]
+                 ) -> dict[str, Any]:
     """The report as plain data (what report.json holds), from :func:`read_inputs`."""
     from dsbuilder.stages import CODE_VERSIONS
 
@@ -451,8 +452,7 @@ def build_report(recipe: Recipe, tables: Mapping[str, list[dict[str, Any]]],
             "group_by": params["group_by"], "seed": params["split_seed"],
             "ratios": dict(zip(SPLITS, _ratios(params))),
             "leakage": "none",
-            "pinned": {sid: split for sid, split in sorted(
-                source_pins(sources, params.get("split_pins") or {}).items())},
+            "pinned": dict(sorted(pins.items())),
             "warnings": [f"The {s} split has no clip: {len({c['split_group'] for c in clips})} "
                          f"group(s) of {GROUP_NOUNS[params['group_by']]} are too few for the "
                          "ratios (a video entry's `split:` can hold a video in it)."
@@ -908,14 +908,15 @@ def run(recipe: Recipe, ws: Workspace, *, force: bool = False, progress: bool = 
                     ", ".join(unknown[:5]))
     if not clips:
         log.warning("report: no labelled clip yet; run the stages before it (dsbuilder run RECIPE)")
-    assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]),
-                  source_pins(tables["sources"], params.get("split_pins") or {}))
+    pins = source_pins(tables["sources"], params.get("split_pins") or {})
+    assign_splits(clips, _ratios(params), params["group_by"], int(params["split_seed"]), pins)
     leaks = check_leakage(clips, params["group_by"])
     if leaks:  # cannot happen by construction; checked anyway, as a trainer relies on it
         raise LeakageError("; ".join(leaks[:5]), "report this as a bug in dsbuilder")
     tables["rejections"] = [r for r in tables["rejections"] if r["stage"] != STAGE] + [
         r.row() for r in result.rejections]  # this run's decisions, not the last run's
-    report = build_report(recipe, tables, sizes, clips, params, int(params["examples_per_reason"]))
+    report = build_report(recipe, tables, sizes, clips, params, int(params["examples_per_reason"]),
+                          pins)
     report["table_rows"] = table_rows(ws, tables, sizes, clips)
     report["review"] = {"file": params["review"], "accepted": sum(c["review"] == "accepted"
                                                                   for c in clips),
