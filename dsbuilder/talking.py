@@ -176,6 +176,10 @@ class MouthRig:
         fade = 0.35 * (self.chin_y - float(lm[27, 1]))
         v = np.clip((yy - self.chin_y) / fade, 0, 1)
         self.below = (0.5 + 0.5 * np.cos(np.pi * v)) * (yy >= self.lip_line)
+        # how far down from the lips towards the chin (0 at the lips, 1 at the chin and below): the
+        # drop blends from the lower lip's (the mouth's opening) to the chin's (the jaw profile)
+        self.to_chin = np.clip((yy - self.lip_line) / max(1.0, self.chin_y - self.lip_line.max()),
+                               0, 1)
         # region where the lips change width: around the mouth
         sx, sy = 0.75 * self.mouth_w, 0.45 * self.mouth_w
         self.around = np.exp(-(((xx - self.cx) / sx) ** 2) - (((yy - self.lip_line) / sy) ** 2))
@@ -196,9 +200,7 @@ class MouthRig:
         e = np.clip(1 - ((self.xx[0:1] - self.cx) / half) ** 2, 0, 1) ** 0.5
         gap = drop * e  # (1, w): height of the open mouth per column
         # jaw drop per pixel: the lower lip at the gap, the chin by the jaw profile, blended down
-        to_chin = np.clip((self.yy - self.lip_line) / max(1.0, self.chin_y - self.lip_line.max()),
-                          0, 1)
-        d = (gap * (1 - to_chin) + drop * self.jaw_profile * to_chin) * self.below
+        d = (gap * (1 - self.to_chin) + drop * self.jaw_profile * self.to_chin) * self.below
         map_y = self.yy - d
         map_x = self.xx - (self.xx - self.cx) * (1 - 1 / width) * self.around
         # inside the open mouth: sample nothing of the face (painted below)
