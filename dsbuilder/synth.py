@@ -165,8 +165,6 @@ def speech_like(duration: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 
 
 def _write_audio(out, stream, duration: float, kind: "str | np.ndarray") -> None:
-    import av
-
     sr = 16000
     n_total = int(duration * sr)
     if isinstance(kind, np.ndarray):
@@ -174,16 +172,22 @@ def _write_audio(out, stream, duration: float, kind: "str | np.ndarray") -> None
         sig[:min(n_total, len(kind))] = kind[:n_total]
     else:
         sig = speech_like(duration) if kind == "tone" else np.zeros(n_total, np.float32)
+    _encode_samples(out, stream, sig, sr)
+
+
+def _encode_samples(out, stream, samples: np.ndarray, rate: int) -> None:
+    """Encode mono float32 ``samples`` into ``stream`` of ``out`` in codec-sized frames (the last
+    one padded with silence), then flush the encoder."""
+    import av
+
     n = stream.codec_context.frame_size or 1024
-    pts = 0
+    sig = np.asarray(samples, np.float32)
     for i in range(0, len(sig), n):
         chunk = sig[i:i + n]
         if len(chunk) < n:
             chunk = np.pad(chunk, (0, n - len(chunk)))
         af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-        af.sample_rate = sr
-        af.pts = pts
-        pts += n
+        af.sample_rate, af.pts = rate, i
         for pkt in stream.encode(af):
             out.mux(pkt)
     for pkt in stream.encode():
@@ -242,18 +246,7 @@ def dub_video(src: str | Path, dest: str | Path, samples: np.ndarray | None, rat
             pkt.stream = vout
             out.mux(pkt)
         if astream is not None:
-            n = astream.codec_context.frame_size or 1024
-            sig = np.asarray(samples, np.float32)
-            for i in range(0, len(sig), n):
-                chunk = sig[i:i + n]
-                if len(chunk) < n:
-                    chunk = np.pad(chunk, (0, n - len(chunk)))
-                af = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
-                af.sample_rate, af.pts = rate, i
-                for p in astream.encode(af):
-                    out.mux(p)
-            for p in astream.encode():
-                out.mux(p)
+            _encode_samples(out, astream, samples, rate)
 
 
 def concat_video(src: str | Path, dest: str | Path, times: int) -> None:
