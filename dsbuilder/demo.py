@@ -92,8 +92,8 @@ def _videos() -> dict[str, dict]:
     from dsbuilder import synth, talking
 
     hopper, collins = synth.grace_hopper(), synth.astronaut()
-    mirrored = {id(hopper): np.ascontiguousarray(hopper[:, ::-1]),
-                id(collins): np.ascontiguousarray(collins[:, ::-1])}
+    hopper_mirrored = np.ascontiguousarray(hopper[:, ::-1])
+    collins_mirrored = np.ascontiguousarray(collins[:, ::-1])
     S = synth.Shot
 
     def voice(who: str, frames: int, seed: int) -> talking.Voice:
@@ -115,7 +115,7 @@ def _videos() -> dict[str, dict]:
         return {"shots": shots, "audio": np.concatenate(sound)}
 
     talk = film([(hopper, 100, "grace-hopper"), (synth.texture(11), 40, None),
-                 (cameraman(), 50, None), (mirrored[id(hopper)], 75, "grace-hopper")], seed=1)
+                 (cameraman(), 50, None), (hopper_mirrored, 75, "grace-hopper")], seed=1)
     talk_frames = sum(shot.n_frames for shot in talk["shots"])
     return {
         # Grace Hopper speaks in two shots; between them a colour field and a bystander (the
@@ -133,10 +133,10 @@ def _videos() -> dict[str, dict]:
                                         (synth.texture(22), 45, None, "dissolve", 10)], seed=2),
         # Eileen Collins speaks in two shots
         "collins-talk.mp4": film([(collins, 100, "eileen-collins"), (synth.texture(31), 40, None),
-                                  (mirrored[id(collins)], 75, "eileen-collins")], seed=3),
+                                  (collins_mirrored, 75, "eileen-collins")], seed=3),
         # both, one after the other: a video with two recipe people
         "interview.mp4": film([(collins, 80, "eileen-collins"),
-                               (mirrored[id(hopper)], 80, "grace-hopper")], seed=4),
+                               (hopper_mirrored, 80, "grace-hopper")], seed=4),
         # no soundtrack at all: the recipe requires audio, so scrape rejects it (no_audio)
         "hopper-silent-film.mp4": {"shots": [S(hopper, 40)], "audio": None},
     }
