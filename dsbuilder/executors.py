@@ -287,9 +287,14 @@ class ProcessExecutor(Executor):
                     # death is blamed on the right item
                     if i in suspects and running or any(j in suspects for j in running.values()):
                         break
+                    try:
+                        fut = pool.submit(_call, fn, context, payloads[i])
+                    except BrokenProcessPool:  # a worker died since the last wait: this item
+                        broken = True          # never ran; it waits for the fresh pool
+                        break
                     pending.pop()
                     attempts[i] += 1
-                    running[pool.submit(_call, fn, context, payloads[i])] = i
+                    running[fut] = i
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
